@@ -1,0 +1,1 @@
+"""The `loopml` command line: parses, validates and prints; the work happens in the domain packages."""

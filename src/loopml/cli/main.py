@@ -1,0 +1,212 @@
+"""`loopml`: one command for the whole loop."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import typer
+from rich.table import Table
+
+from loopml.cli import models, monitor
+from loopml.cli.common import ProjectOption, console, err_console, open_project, parse_duration, parse_time
+from loopml.cli.definitions import collect
+from loopml.config import write_config
+from loopml.errors import LoopmlError
+from loopml.features import Entity, FeatureView
+from loopml.features.registry import plan
+from loopml.loop.controller import Controller
+from loopml.loop.policy import list_policies
+from loopml.serving.endpoints import deploy as deploy_endpoint
+from loopml.training.pipeline import TrainingSpec
+
+app = typer.Typer(
+    help="loopml: features, training, registry, serving, monitoring and automatic retraining in one loop.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models.app, name="models")
+app.add_typer(monitor.app, name="monitor")
+policy_app = typer.Typer(help="Retraining policies.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+
+@app.command()
+def init(
+    directory: Path = typer.Argument(Path("."), help="Where to create the project."),
+    name: str | None = typer.Option(None, help="Project name (default: the directory's name)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing loopml.yaml."),
+) -> None:
+    """Create loopml.yaml with embedded defaults (SQLite, local files) under .loopml/."""
+    path = write_config(directory, name or directory.resolve().name, overwrite=force)
+    open_project(directory).close()
+    console.print(f"Created {path}; stores live under {directory / '.loopml'}")
+
+
+@app.command()
+def apply(
+    files: list[Path] | None = typer.Argument(None, help="Definition files (default: the project's *.py)."),
+    project_dir: Path = ProjectOption,
+) -> None:
+    """Register entities and feature views defined in Python; prints the plan, then applies it."""
+    project = open_project(project_dir)
+    objects = collect(project.path, Entity, files) + collect(project.path, FeatureView, files)
+    if not objects:
+        console.print("No Entity or FeatureView found; define them in a .py file of the project.")
+        raise typer.Exit(1)
+    table = Table("action", "kind", "name", "version")
+    colours = {"create": "green", "update": "yellow", "unchanged": "dim"}
+    for change in plan(project.metadata, objects):
+        table.add_row(
+            change.action, change.kind, change.name, str(change.version), style=colours[change.action]
+        )
+    console.print(table)
+    project.apply(objects, actor="cli")
+
+
+@app.command()
+def materialize(
+    end: str | None = typer.Option(
+        None, help="Load values with event time up to this ISO time (default now)."
+    ),
+    start: str | None = typer.Option(None, help="From this ISO time (default: end minus each view's ttl)."),
+    project_dir: Path = ProjectOption,
+) -> None:
+    """Copy the latest feature values from the offline sources into the online store."""
+    project = open_project(project_dir)
+    written = project.materialize(
+        end=parse_time(end, project), start=None if start is None else parse_time(start, project)
+    )
+    for view, rows in written.items():
+        console.print(f"{view}: {rows} entities")
+
+
+@app.command()
+def train(
+    model: str = typer.Argument(..., help="model_name of a TrainingSpec defined in the project's .py files."),
+    data: Path = typer.Option(
+        ..., help="Parquet file of labelled entity rows (keys, timestamp, request inputs, label)."
+    ),
+    alias: str | None = typer.Option(None, help="Point this alias at the new version (e.g. champion)."),
+    project_dir: Path = ProjectOption,
+) -> None:
+    """Train a model on a point-in-time training set and register the version."""
+    project = open_project(project_dir)
+    specs = [s for s in collect(project.path, TrainingSpec) if s.model_name == model]
+    if not specs:
+        raise LoopmlError(f"No TrainingSpec with model_name '{model}' in {project.path}/*.py.")
+    with console.status(f"training {model}"):
+        trained = project.train(specs[0], pd.read_parquet(data))
+        version = project.registry.register(trained, actor="cli")
+    console.print(
+        f"Registered {version.ref}: " + ", ".join(f"{k}={v:.4f}" for k, v in version.metrics.items())
+    )
+    if alias:
+        project.registry.set_alias(
+            model, alias, version.version, actor="cli", reason="set by `loopml train --alias`"
+        )
+        console.print(f"{model}@{alias} → v{version.version}")
+
+
+@app.command()
+def deploy(
+    endpoint: str,
+    model: str,
+    alias: str = typer.Option("champion", help="The model alias the endpoint follows."),
+    project_dir: Path = ProjectOption,
+) -> None:
+    """Create or repoint an endpoint; running servers pick the change up within a second."""
+    project = open_project(project_dir)
+    deploy_endpoint(project.metadata, project.registry, endpoint, model, alias, actor="cli")
+    console.print(f"endpoint '{endpoint}' → {model}@{alias}")
+
+
+@app.command()
+def serve(
+    host: str | None = typer.Option(None, help="Interface to listen on (default from loopml.yaml)."),
+    port: int | None = typer.Option(None, help="Port (default from loopml.yaml)."),
+    clock_file: Path | None = typer.Option(None, help="Read simulated time from this file (demo and tests)."),
+    project_dir: Path = ProjectOption,
+) -> None:
+    """Serve every deployed endpoint over HTTP (loopml JSON under /v1, health under /v2, /metrics)."""
+    from loopml.serving.server import serve as run_server
+
+    project = open_project(project_dir, clock_file)
+    settings = project.config["serving"]
+    run_server(project, host or settings["host"], port or int(settings["port"]), log_level="warning")
+
+
+@app.command()
+def events(
+    kind: str | None = typer.Option(None, help="Only this kind, e.g. alias.moved."),
+    subject: str | None = typer.Option(None, help="Subjects starting with this, e.g. model:fraud."),
+    since: str | None = typer.Option(None, help="From this ISO time."),
+    limit: int = typer.Option(50, help="At most this many, newest last."),
+    project_dir: Path = ProjectOption,
+) -> None:
+    """The event log: every state change with who, when, what and why."""
+    project = open_project(project_dir)
+    found = project.metadata.events(
+        kind=kind, subject_prefix=subject, since=None if since is None else parse_time(since, project)
+    )[-limit:]
+    table = Table("time", "actor", "kind", "subject", "why")
+    for e in found:
+        table.add_row(e.ts.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.kind, e.subject, e.reason)
+    console.print(table)
+
+
+@policy_app.command("list")
+def policy_list(project_dir: Path = ProjectOption) -> None:
+    """List retraining policies and their state."""
+    project = open_project(project_dir)
+    table = Table("policy", "model", "endpoint", "drift share >", "last retrain")
+    for policy, state in list_policies(project.metadata):
+        table.add_row(
+            policy.name,
+            policy.model_name,
+            policy.endpoint,
+            str(policy.drift_share_threshold),
+            state.get("last_retrain_at", "-"),
+        )
+    console.print(table)
+
+
+@app.command()
+def controller(
+    once: bool = typer.Option(False, "--once", help="Run one tick and exit."),
+    interval: str = typer.Option("60s", help="Time between ticks."),
+    project_dir: Path = ProjectOption,
+) -> None:
+    """Evaluate every policy on a schedule: drift → retrain → gate → promote, each decision an event."""
+    project = open_project(project_dir)
+    pause = parse_duration(interval).total_seconds()
+    while True:
+        for decision in Controller(project).tick():
+            console.print(f"[bold]{decision.policy}[/]: {decision.action}: {decision.reason}")
+        if once:
+            return
+        time.sleep(pause)
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path("loopml-demo"), help="Directory for the demo project (recreated)."),
+    quick: bool = typer.Option(False, "--quick", help="A shorter world (fewer users and days)."),
+) -> None:
+    """Run the closed loop on a simulated card-fraud world and write an HTML report."""
+    from loopml.demo import DemoConfig, quick_config, run_demo, summarise
+
+    config = quick_config(workdir) if quick else DemoConfig(workdir=workdir)
+    result = run_demo(config, console=console)
+    summarise(result, console)
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning loopml's own errors into a message and exit code 1."""
+    try:
+        app()
+    except LoopmlError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        sys.exit(1)

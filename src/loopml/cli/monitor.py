@@ -1,0 +1,63 @@
+"""`loopml monitor`: drift of a deployed model against its training data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from loopml.cli.common import ProjectOption, console, open_project, parse_duration, parse_time
+from loopml.monitoring.model_drift import model_drift
+from loopml.serving.endpoints import get_endpoint
+
+app = typer.Typer(help="Drift and health of deployed models.", no_args_is_help=True)
+
+
+@app.command()
+def drift(
+    endpoint: str,
+    window: str = typer.Option("1d", help="How far back from --at to read predictions (e.g. 6h, 2d)."),
+    at: str | None = typer.Option(None, help="End of the window (ISO time); default now."),
+    threshold: float = typer.Option(0.05, help="p-value below which a feature counts as drifted."),
+    project_dir: Path = ProjectOption,
+) -> None:
+    """Per-feature drift between the served model's training set and recent predictions."""
+    project = open_project(project_dir)
+    target = get_endpoint(project.metadata, endpoint)
+    version = project.registry.resolve(f"{target.model_name}@{target.alias}")
+    end = parse_time(at, project)
+    report = model_drift(
+        project.metadata,
+        project.offline,
+        version,
+        endpoint,
+        end - parse_duration(window),
+        end,
+        threshold=threshold,
+    )
+    table = Table("feature", "method", "statistic", "p-value", "threshold", "reference", "current", "verdict")
+    for f in report.features:
+        style = "red" if f.drifted else None
+        table.add_row(
+            f.feature,
+            f.method,
+            _num(f.statistic),
+            _num(f.p_value),
+            str(f.threshold),
+            str(f.n_reference),
+            str(f.n_current),
+            f.status,
+            style=style,
+        )
+    console.print(
+        f"{version.ref} on endpoint '{endpoint}', predictions from {end - parse_duration(window):%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M}"
+    )
+    console.print(table)
+    console.print(
+        f"drift share: {report.share:.2f} ({len(report.drifted_features)} of {len(report.evaluated)} features)"
+    )
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"

@@ -1,0 +1,359 @@
+"""`loopml demo`: train v1, serve it over HTTP on loopback, let the world change, and let the loop react.
+
+Everything runs on a simulated clock shared through a file by the demo, the `loopml serve` child process and
+the controller: each request is sent at its transaction's time, labels arrive when their chargebacks do, the
+feature job and the controller run at the end of each simulated day.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from loopml.clock import FileClock
+from loopml.config import write_config
+from loopml.data.snapshots import get_snapshot
+from loopml.demo import features as demo_features
+from loopml.demo.world import World, WorldConfig, generate
+from loopml.loop.controller import PROMOTED, Controller, Decision
+from loopml.loop.policy import DriftRetrainPolicy, save_policy
+from loopml.loop.retrain import score_version
+from loopml.project import Project
+from loopml.serving.endpoints import deploy
+from loopml.serving.server import ServerProcess
+from loopml.training.evaluation import classification_metrics
+from loopml.training.pipeline import TrainingSpec
+
+MODEL = "fraud-detector"
+ENDPOINT = "fraud"
+FEEDBACK_CHUNK = 2000
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    workdir: Path = Path("loopml-demo")
+    world: WorldConfig = field(default_factory=WorldConfig)
+    warmup_days: int = 30
+    bootstrap_days: int = 21
+    policy: dict[str, Any] = field(
+        default_factory=lambda: {
+            "drift_share_threshold": 0.3,
+            "p_value_threshold": 0.001,
+            "drift_window": timedelta(days=2),
+            "evaluation_window": timedelta(days=3),
+            "cooldown": timedelta(days=4),
+            "min_delta": 0.02,
+        }
+    )
+
+    @property
+    def live_start_day(self) -> int:
+        return self.warmup_days + self.bootstrap_days
+
+
+@dataclass(frozen=True)
+class DayRecord:
+    day: int
+    date: str
+    requests: int
+    served_versions: list[int]
+    auc: float
+    fraud_rate: float
+    decision: Decision
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    config: DemoConfig
+    days: list[DayRecord]
+    change_date: str
+    first_drift_date: str | None
+    promotions: list[tuple[str, int]]
+    versions: list[dict[str, Any]]
+    comparison: pd.DataFrame
+    report_path: Path
+    seconds: float
+
+
+def run_demo(config: DemoConfig | None = None, console: Console | None = None) -> DemoResult:
+    """Run the whole loop; returns what happened, and writes an HTML report into the work directory."""
+    config = config or DemoConfig()
+    started = time.monotonic()
+    world = generate(config.world)
+    project, clock = _new_project(config, world)
+    live_start = world.day_start(config.live_start_day)
+    _feature_job(project, world, range(1, config.live_start_day + 1))
+    project.apply(demo_features.DEFINITIONS, actor="demo")
+    project.materialize(end=live_start)
+    v1 = _train_first_model(project, world, config)
+    save_policy(
+        project.metadata, DriftRetrainPolicy("fraud_drift", MODEL, ENDPOINT, **config.policy), actor="demo"
+    )
+
+    server = ServerProcess(config.workdir, clock_file=clock.path)
+    base_url = server.start()
+    if console:
+        console.print(f"Serving [bold]{MODEL}[/] v{v1.version} at {base_url}/v1/endpoints/{ENDPOINT}/predict")
+    try:
+        with httpx.Client(base_url=base_url, timeout=30) as client:
+            days = _simulate(project, clock, world, config, client, console)
+    finally:
+        server.stop()
+
+    from loopml.demo.report import write_report  # the report needs the finished run
+
+    change_date = world.day_start(config.world.change_day).date().isoformat()
+    promotions = [
+        (d.date, d.decision.evidence["candidate_version"]) for d in days if d.decision.action == PROMOTED
+    ]
+    drifted = [
+        d for d in days if d.decision.evidence.get("drift_share", 0) > config.policy["drift_share_threshold"]
+    ]
+    comparison = _compare_versions(project, world, config, promotions)
+    result = DemoResult(
+        config=config,
+        days=days,
+        change_date=change_date,
+        first_drift_date=drifted[0].date if drifted else None,
+        promotions=promotions,
+        versions=_versions(project),
+        comparison=comparison,
+        report_path=config.workdir.resolve() / "report.html",
+        seconds=time.monotonic() - started,
+    )
+    write_report(result, project)
+    project.close()
+    clock.close()
+    return result
+
+
+def _new_project(config: DemoConfig, world: World) -> tuple[Project, FileClock]:
+    if config.workdir.exists():
+        shutil.rmtree(config.workdir)
+    write_config(config.workdir, "loopml-demo")
+    clock = FileClock(
+        config.workdir / ".loopml" / "clock", start=world.day_start(config.warmup_days).to_pydatetime()
+    )
+    return Project(config.workdir, clock=clock), clock
+
+
+def _feature_job(project: Project, world: World, days: range) -> None:
+    """Compute feature values as of the start of each day in `days` from what was known then."""
+    day_ends = [world.day_start(d) for d in days]
+    known = world.transactions[world.transactions.event_timestamp < day_ends[-1]]
+    users, merchants = demo_features.feature_rows(known, world.users, world.merchants, day_ends)
+    name = f"{day_ends[0]:%Y%m%d}-{day_ends[-1]:%Y%m%d}.parquet"
+    for directory, rows in (("user_stats", users), ("merchant_stats", merchants)):
+        target = project.path / "data" / directory
+        target.mkdir(parents=True, exist_ok=True)
+        temporary = target / f".{name}.tmp"
+        rows.to_parquet(temporary, index=False)
+        temporary.replace(target / name)
+
+
+def _train_first_model(project: Project, world: World, config: DemoConfig) -> Any:
+    live_start = world.day_start(config.live_start_day)
+    tx = world.transactions
+    history = tx[
+        (tx.event_timestamp >= world.day_start(config.warmup_days))
+        & (tx.event_timestamp < live_start)
+        & (tx.label_available_at <= live_start)
+    ]
+    spec = TrainingSpec(
+        model_name=MODEL,
+        features=demo_features.FEATURES,
+        request_features=demo_features.REQUEST_FEATURES,
+        label="is_fraud",
+        estimator="loopml.demo.model:make_estimator",
+    )
+    entity_df = history[
+        ["user_id", "merchant_id", "amount", "merchant_category", "event_timestamp", "is_fraud"]
+    ]
+    trained = project.train(spec, entity_df.reset_index(drop=True))
+    version = project.registry.register(
+        trained, actor="demo", reason="first model, trained on labelled history"
+    )
+    project.registry.set_alias(
+        MODEL, "champion", version.version, actor="demo", reason="first model goes live"
+    )
+    deploy(project.metadata, project.registry, ENDPOINT, MODEL, "champion", actor="demo")
+    return version
+
+
+def _simulate(
+    project: Project,
+    clock: FileClock,
+    world: World,
+    config: DemoConfig,
+    client: httpx.Client,
+    console: Console | None,
+) -> list[DayRecord]:
+    tx = world.transactions
+    controller = Controller(project)
+    prediction_ids: dict[int, str] = {}
+    labelled: set[int] = set()
+    records = []
+    live_days = range(config.live_start_day, config.world.days)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=console is None,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("simulated days", total=len(live_days), status="")
+        for day in live_days:
+            day_start, day_end = world.day_start(day), world.day_start(day + 1)
+            todays = tx[(tx.event_timestamp >= day_start) & (tx.event_timestamp < day_end)]
+            outputs, versions = [], []
+            for row in todays.itertuples(index=False):
+                clock.set(row.event_timestamp.to_pydatetime())
+                answer = _predict(client, row)
+                prediction_ids[row.transaction_id] = answer["prediction_id"]
+                outputs.append(answer["output"])
+                versions.append(answer["model_version"])
+
+            clock.set(day_end.to_pydatetime())
+            due = tx[(tx.label_available_at <= day_end) & tx.transaction_id.isin(prediction_ids.keys())]
+            due = due[~due.transaction_id.isin(labelled)]
+            _send_feedback(
+                client,
+                [
+                    (prediction_ids[t], float(y))
+                    for t, y in zip(due.transaction_id, due.is_fraud, strict=True)
+                ],
+            )
+            labelled.update(due.transaction_id)
+            client.post("/v1/predictions/flush").raise_for_status()
+            _feature_job(project, world, range(day + 1, day + 2))
+            project.materialize(end=day_end.to_pydatetime())
+
+            decision = controller.tick()[0]
+            if decision.action == PROMOTED:
+                _wait_for_version(client, decision.evidence["candidate_version"])
+            y = todays.is_fraud.to_numpy()
+            records.append(
+                DayRecord(
+                    day=day,
+                    date=day_start.date().isoformat(),
+                    requests=len(todays),
+                    served_versions=sorted(set(versions)),
+                    auc=classification_metrics(y, np.asarray(outputs))["roc_auc"]
+                    if len(todays)
+                    else float("nan"),
+                    fraud_rate=float(y.mean()) if len(todays) else float("nan"),
+                    decision=decision,
+                )
+            )
+            share = decision.evidence.get("drift_share")
+            status = (
+                f"{day_start:%b %d}  v{max(versions)}  drift {share:.2f}  {decision.action}"
+                if share is not None
+                else ""
+            )
+            progress.update(task, advance=1, status=status)
+    return records
+
+
+def _predict(client: httpx.Client, row: Any) -> dict[str, Any]:
+    response = client.post(
+        f"/v1/endpoints/{ENDPOINT}/predict",
+        json={
+            "entities": {"user_id": int(row.user_id), "merchant_id": int(row.merchant_id)},
+            "inputs": {"amount": float(row.amount), "merchant_category": str(row.merchant_category)},
+            "unit_id": str(row.user_id),
+        },
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+def _send_feedback(client: httpx.Client, labels: list[tuple[str, float]]) -> None:
+    for start in range(0, len(labels), FEEDBACK_CHUNK):
+        chunk = labels[start : start + FEEDBACK_CHUNK]
+        client.post(
+            "/v1/feedback", json=[{"prediction_id": p, "label": y} for p, y in chunk]
+        ).raise_for_status()
+
+
+def _wait_for_version(client: httpx.Client, version: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get(f"/v1/endpoints/{ENDPOINT}").json()["model_version"] != version:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"The server did not switch to v{version} within {timeout} s.")
+        time.sleep(0.05)
+
+
+def _versions(project: Project) -> list[dict[str, Any]]:
+    champion = project.registry.get_alias(MODEL, "champion")
+    return [
+        {
+            "version": v.version,
+            "created": v.created_at.date().isoformat(),
+            "training_rows": _snapshot_rows(project, v.dataset_id),
+            "validation_auc": v.metrics.get("roc_auc"),
+            "gate": v.gate,
+            "champion": v.version == champion,
+        }
+        for v in project.registry.list_versions(MODEL)
+    ]
+
+
+def _snapshot_rows(project: Project, dataset_id: str | None) -> int | None:
+    return None if dataset_id is None else get_snapshot(project.metadata, dataset_id).n_rows
+
+
+def _compare_versions(
+    project: Project, world: World, config: DemoConfig, promotions: list[tuple[str, int]]
+) -> pd.DataFrame:
+    """ROC AUC and average precision of v1 and of each promoted version, before and after the change.
+
+    "After" starts where the last champion's training data ends, so no version is scored on rows it saw.
+    """
+    tx = world.transactions
+    change = world.day_start(config.world.change_day)
+    after = change
+    if promotions:
+        final = project.registry.get_version(MODEL, promotions[-1][1])
+        after = max(
+            change,
+            pd.Timestamp(get_snapshot(project.metadata, final.dataset_id).time_end) + pd.Timedelta(seconds=1),
+        )
+    periods = {
+        "before the change": (world.day_start(config.live_start_day), change),
+        "after the change": (after, world.day_start(config.world.days)),
+    }
+    rows = []
+    for version_number in [1, *(v for _, v in promotions)]:
+        version = project.registry.get_version(MODEL, version_number)
+        for period, (start, end) in periods.items():
+            frame = tx[(tx.event_timestamp >= start) & (tx.event_timestamp < end)].reset_index(drop=True)
+            if frame.empty:
+                continue
+            scores = score_version(project, version, frame, "event_timestamp").to_numpy()
+            metrics = classification_metrics(frame.is_fraud.to_numpy(), scores)
+            rows.append(
+                {
+                    "version": version_number,
+                    "period": period,
+                    "from": start.strftime("%Y-%m-%d %H:%M"),
+                    "to": (end - pd.Timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M"),
+                    "rows": len(frame),
+                    "roc_auc": metrics["roc_auc"],
+                    "average_precision": metrics["average_precision"],
+                }
+            )
+    return pd.DataFrame(rows)

@@ -1,0 +1,153 @@
+"""Declarative feature definitions: what an entity is and where a view's values come from."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from loopml.errors import ValidationError
+
+DTYPES = ("float64", "int64", "string", "bool")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_identifier(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise ValidationError(
+            f"{kind} name {name!r} is not valid; use letters, digits and '_', starting with a letter or '_'."
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A thing features describe (a user, a merchant), identified by one or more join keys."""
+
+    name: str
+    join_keys: tuple[str, ...]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        check_identifier("Entity", self.name)
+        keys = (self.join_keys,) if isinstance(self.join_keys, str) else tuple(self.join_keys)
+        if not keys:
+            raise ValidationError(
+                f"Entity '{self.name}' needs at least one join key, e.g. join_keys=['user_id']."
+            )
+        for key in keys:
+            check_identifier("Join key", key)
+        object.__setattr__(self, "join_keys", keys)
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, "join_keys": list(self.join_keys), "description": self.description}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Entity:
+        return cls(spec["name"], tuple(spec["join_keys"]), spec.get("description", ""))
+
+
+@dataclass(frozen=True)
+class Field:
+    """A typed feature column."""
+
+    name: str
+    dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        check_identifier("Field", self.name)
+        if self.dtype not in DTYPES:
+            raise ValidationError(
+                f"Field '{self.name}' has dtype {self.dtype!r}; use one of {', '.join(DTYPES)}."
+            )
+
+
+@dataclass(frozen=True)
+class ParquetSource:
+    """Parquet files (a path or glob, relative to the project directory) with an event time column."""
+
+    path: str
+    timestamp_field: str = "event_timestamp"
+    created_timestamp_field: str | None = None
+
+
+@dataclass(frozen=True)
+class FeatureView:
+    """Features of one or more entities read from a source, valid for `ttl` after their event time."""
+
+    name: str
+    entities: tuple[Entity, ...]
+    source: ParquetSource
+    schema: tuple[Field, ...]
+    ttl: timedelta = timedelta(days=1)
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_identifier("FeatureView", self.name)
+        entities = (self.entities,) if isinstance(self.entities, Entity) else tuple(self.entities)
+        if not entities:
+            raise ValidationError(f"FeatureView '{self.name}' needs at least one entity.")
+        object.__setattr__(self, "entities", entities)
+        object.__setattr__(self, "schema", tuple(self.schema))
+        if not self.schema:
+            raise ValidationError(
+                f"FeatureView '{self.name}' declares no features; add Field(...)s to schema."
+            )
+        if self.ttl <= timedelta(0):
+            raise ValidationError(f"FeatureView '{self.name}' has ttl {self.ttl}; it must be positive.")
+        clashes = set(self.feature_names) & set(self.join_keys)
+        if clashes:
+            raise ValidationError(f"FeatureView '{self.name}' uses join keys {sorted(clashes)} as features.")
+
+    @property
+    def join_keys(self) -> tuple[str, ...]:
+        return tuple(key for entity in self.entities for key in entity.join_keys)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.schema)
+
+    def dtype_of(self, feature: str) -> str:
+        for f in self.schema:
+            if f.name == feature:
+                return f.dtype
+        raise ValidationError(
+            f"Feature view '{self.name}' has no feature '{feature}'; it has {', '.join(self.feature_names)}."
+        )
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "entities": [e.spec() for e in self.entities],
+            "source": {
+                "path": self.source.path,
+                "timestamp_field": self.source.timestamp_field,
+                "created_timestamp_field": self.source.created_timestamp_field,
+            },
+            "schema": [{"name": f.name, "dtype": f.dtype} for f in self.schema],
+            "ttl_seconds": self.ttl.total_seconds(),
+            "description": self.description,
+            "tags": dict(self.tags),
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> FeatureView:
+        return cls(
+            name=spec["name"],
+            entities=tuple(Entity.from_spec(e) for e in spec["entities"]),
+            source=ParquetSource(**spec["source"]),
+            schema=tuple(Field(**f) for f in spec["schema"]),
+            ttl=timedelta(seconds=spec["ttl_seconds"]),
+            description=spec.get("description", ""),
+            tags=spec.get("tags", {}),
+        )
+
+
+def parse_feature_ref(ref: str) -> tuple[str, str]:
+    """Split 'view:feature' into its parts."""
+    view, sep, feature = ref.partition(":")
+    if not sep or not view or not feature:
+        raise ValidationError(f"Feature reference {ref!r} must look like 'view_name:feature_name'.")
+    return view, feature

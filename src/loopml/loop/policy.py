@@ -1,0 +1,124 @@
+"""Retraining policies: when to retrain a model, on which data, and how a candidate must prove itself."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert, select, update
+
+from loopml.errors import NotFoundError, ValidationError
+from loopml.features.definitions import check_identifier
+from loopml.loop.tables import policies
+from loopml.storage.metadata import MetadataStore
+
+_DURATIONS = ("drift_window", "reference_window", "training_window", "evaluation_window", "cooldown")
+
+
+@dataclass(frozen=True)
+class DriftRetrainPolicy:
+    """Retrain when the share of drifted inputs passes a threshold; promote only if the gate passes.
+
+    Drift compares the newest `reference_window` of the champion's training snapshot (what the world looked
+    like when it was trained) with the endpoint's last `drift_window` of predictions. The candidate trains
+    on labelled predictions of the last `training_window`, except the newest `evaluation_window`, on which
+    candidate and champion are scored side by side; with too little labelled data there, no candidate is
+    trained at all.
+    """
+
+    name: str
+    model_name: str
+    endpoint: str
+    drift_share_threshold: float = 0.3
+    p_value_threshold: float = 0.01
+    drift_window: timedelta = timedelta(days=2)
+    reference_window: timedelta = timedelta(days=7)
+    min_window_rows: int = 200
+    training_window: timedelta = timedelta(days=30)
+    evaluation_window: timedelta = timedelta(days=3)
+    min_evaluation_rows: int = 200
+    min_evaluation_positives: int = 10
+    cooldown: timedelta = timedelta(days=3)
+    metric: str = "roc_auc"
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_identifier("Policy", self.name)
+        if not 0 <= self.drift_share_threshold < 1:
+            raise ValidationError(
+                f"drift_share_threshold must be in [0, 1), got {self.drift_share_threshold}."
+            )
+        if not 0 < self.p_value_threshold < 1:
+            raise ValidationError(f"p_value_threshold must be in (0, 1), got {self.p_value_threshold}.")
+        if self.evaluation_window >= self.training_window:
+            raise ValidationError("evaluation_window must be shorter than training_window.")
+
+    def spec(self) -> dict[str, Any]:
+        spec = asdict(self)
+        for key in _DURATIONS:
+            spec[key] = spec[key].total_seconds()
+        return spec
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> DriftRetrainPolicy:
+        values = dict(spec)
+        for key in _DURATIONS:
+            values[key] = timedelta(seconds=values[key])
+        return cls(**values)
+
+
+def save_policy(metadata: MetadataStore, policy: DriftRetrainPolicy, *, actor: str = "loopml") -> None:
+    now = metadata.clock.now()
+    with metadata.begin() as conn:
+        exists = conn.execute(select(policies.c.name).where(policies.c.name == policy.name)).first()
+        if exists is None:
+            conn.execute(
+                insert(policies).values(
+                    name=policy.name,
+                    kind="drift_retrain",
+                    spec=policy.spec(),
+                    state={},
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        else:
+            conn.execute(
+                update(policies)
+                .where(policies.c.name == policy.name)
+                .values(spec=policy.spec(), updated_at=now)
+            )
+        metadata.record_event(
+            conn,
+            kind="policy.saved",
+            subject=f"policy:{policy.name}",
+            actor=actor,
+            reason=f"policy '{policy.name}' for model '{policy.model_name}' saved",
+            data=policy.spec(),
+        )
+
+
+def list_policies(metadata: MetadataStore) -> list[tuple[DriftRetrainPolicy, dict[str, Any]]]:
+    """Every policy with its state."""
+    with metadata.begin() as conn:
+        rows = conn.execute(select(policies.c.spec, policies.c.state).order_by(policies.c.name)).all()
+    return [(DriftRetrainPolicy.from_spec(row.spec), row.state) for row in rows]
+
+
+def get_policy(metadata: MetadataStore, name: str) -> tuple[DriftRetrainPolicy, dict[str, Any]]:
+    for policy, state in list_policies(metadata):
+        if policy.name == name:
+            return policy, state
+    raise NotFoundError(f"No policy named '{name}'; see `loopml policy list`.")
+
+
+def update_state(metadata: MetadataStore, name: str, **changes: Any) -> None:
+    with metadata.begin() as conn:
+        state = conn.execute(select(policies.c.state).where(policies.c.name == name)).scalar() or {}
+        state.update({k: v.isoformat() if isinstance(v, datetime) else v for k, v in changes.items()})
+        conn.execute(
+            update(policies)
+            .where(policies.c.name == name)
+            .values(state=state, updated_at=metadata.clock.now())
+        )

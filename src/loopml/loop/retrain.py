@@ -1,0 +1,133 @@
+"""Retrain → gate → promote, on labelled predictions read back from the endpoint's own log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pandas as pd
+
+from loopml.loop.policy import DriftRetrainPolicy
+from loopml.registry.models import ModelVersion
+from loopml.serving.prediction_log import read_labelled_predictions
+from loopml.training.evaluation import predict_scores
+from loopml.training.gate import GateResult, evaluate_gate
+from loopml.training.pipeline import TrainingSpec
+
+if TYPE_CHECKING:
+    from loopml.project import Project
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    candidate: ModelVersion | None
+    gate: GateResult | None
+    promoted: bool
+    reason: str
+    evidence: dict[str, Any]
+
+
+def labelled_entity_frame(labelled: pd.DataFrame, spec: TrainingSpec) -> pd.DataFrame:
+    """Entity keys, request-time inputs, prediction time and label of each labelled prediction."""
+    entities = pd.DataFrame.from_records([orjson.loads(text) for text in labelled["entities"]])
+    inputs = pd.DataFrame.from_records([orjson.loads(text) for text in labelled["inputs"]])
+    frame = pd.concat([entities, inputs[list(spec.request_features)]], axis=1)
+    frame[spec.timestamp_field] = pd.to_datetime(labelled["ts"], utc=True).to_numpy()
+    frame[spec.label] = labelled["label"].to_numpy()
+    return frame
+
+
+def score_version(
+    project: Project, version: ModelVersion, entity_df: pd.DataFrame, timestamp_field: str
+) -> pd.Series:
+    """Scores of a registered version on entity rows, features fetched point-in-time as at serving."""
+    frame = (
+        project.get_historical_features(entity_df, features=version.features, timestamp_field=timestamp_field)
+        if version.features
+        else entity_df
+    )
+    estimator = project.registry.load(version)
+    return pd.Series(predict_scores(estimator, frame[version.inputs]), index=entity_df.index)
+
+
+def retrain_and_gate(
+    project: Project, policy: DriftRetrainPolicy, champion: ModelVersion, now: datetime, drift_share: float
+) -> RetrainOutcome:
+    spec = project.registry.training_spec(policy.model_name)
+    labelled = read_labelled_predictions(
+        project.offline, policy.endpoint, now - policy.training_window, now, labels_until=now
+    )
+    if len(labelled) == 0:
+        return RetrainOutcome(
+            None, None, False, "no labelled predictions to train on yet", {"labelled_rows": 0}
+        )
+    frame = labelled_entity_frame(labelled, spec)
+    newest = frame[spec.timestamp_field].max()
+    evaluation_start = newest - policy.evaluation_window
+    fit_rows = frame[frame[spec.timestamp_field] < evaluation_start].reset_index(drop=True)
+    gate_rows = frame[frame[spec.timestamp_field] >= evaluation_start].reset_index(drop=True)
+    evidence: dict[str, Any] = {
+        "labelled_rows": len(frame),
+        "training_rows": len(fit_rows),
+        "evaluation_rows": len(gate_rows),
+        "evaluation_start": evaluation_start.isoformat(),
+    }
+    positives = int(gate_rows[spec.label].sum())
+    if len(gate_rows) < policy.min_evaluation_rows or positives < policy.min_evaluation_positives:
+        return RetrainOutcome(
+            None,
+            None,
+            False,
+            f"too little labelled data to judge a candidate: {len(gate_rows)} recent rows with {positives} positives "
+            f"(need {policy.min_evaluation_rows} and {policy.min_evaluation_positives})",
+            evidence,
+        )
+    if fit_rows[spec.label].nunique() < 2:
+        return RetrainOutcome(
+            None, None, False, "the training rows hold a single class; waiting for more labels", evidence
+        )
+
+    trained = project.train(spec, fit_rows)
+    candidate = project.registry.register(
+        trained,
+        actor=f"policy:{policy.name}",
+        reason=f"retrained on {len(fit_rows)} labelled predictions after drift share {drift_share:.2f}",
+    )
+    project.registry.set_alias(
+        policy.model_name,
+        "challenger",
+        candidate.version,
+        actor=f"policy:{policy.name}",
+        reason="candidate awaiting the evaluation gate",
+    )
+    y = gate_rows[spec.label].to_numpy()
+    gate = evaluate_gate(
+        y,
+        score_version(project, candidate, gate_rows, spec.timestamp_field).to_numpy(),
+        score_version(project, champion, gate_rows, spec.timestamp_field).to_numpy(),
+        metric=policy.metric,
+        min_delta=policy.min_delta,
+        min_rows=policy.min_evaluation_rows,
+        min_positive=policy.min_evaluation_positives,
+    )
+    project.registry.record_gate(
+        policy.model_name, candidate.version, gate.to_dict(), actor=f"policy:{policy.name}"
+    )
+    if gate.passed:
+        project.registry.set_alias(
+            policy.model_name,
+            "champion",
+            candidate.version,
+            actor=f"policy:{policy.name}",
+            reason=f"promoted: {gate.reason}",
+            evidence={"gate": gate.to_dict(), "drift_share": drift_share},
+        )
+    project.registry.remove_alias(
+        policy.model_name,
+        "challenger",
+        actor=f"policy:{policy.name}",
+        reason="promoted to champion" if gate.passed else f"rejected by the gate: {gate.reason}",
+    )
+    return RetrainOutcome(candidate, gate, gate.passed, gate.reason, {**evidence, "gate": gate.to_dict()})

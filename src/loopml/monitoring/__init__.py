@@ -1,0 +1,5 @@
+"""Monitoring: drift between reference data and what a model sees in production."""
+
+from loopml.monitoring.drift import DriftReport, FeatureDrift, compare
+
+__all__ = ["DriftReport", "FeatureDrift", "compare"]

@@ -1,0 +1,140 @@
+"""`loopml.Project`: reads loopml.yaml, wires the four stores and hands them to the domain packages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from loopml.clock import Clock, SystemClock, as_utc
+from loopml.config import load_config
+from loopml.errors import ValidationError
+from loopml.features import historical, online
+from loopml.features import registry as feature_registry
+from loopml.features.definitions import Entity, FeatureView, parse_feature_ref
+from loopml.features.registry import AppliedChange
+from loopml.registry.models import ModelRegistry
+from loopml.schema import register_all_tables
+from loopml.storage.artifacts import ArtifactStore
+from loopml.storage.metadata import MetadataStore
+from loopml.storage.offline import OfflineStore
+from loopml.storage.online import OnlineStore
+from loopml.training.pipeline import TrainedModel, TrainingSpec, train
+
+
+class Project:
+    """One loopml project: configuration, stores, and the verbs of the public API."""
+
+    def __init__(
+        self, path: str | Path = ".", *, clock: Clock | None = None, environ: Mapping[str, str] | None = None
+    ) -> None:
+        self.path = Path(path).resolve()
+        self.clock: Clock = clock or SystemClock()
+        self.config: dict[str, Any] = load_config(self.path, environ)
+        register_all_tables()
+        self.metadata = MetadataStore(self._sqlite_url(self.config["metadata"]["url"]), self.clock)
+        self.metadata.migrate()
+        self.artifacts = ArtifactStore(self._local(self.config["artifacts"]["url"]))
+        self.offline = OfflineStore(Path(self._local(self.config["offline"]["root"])))
+        self.online = OnlineStore(self._sqlite_url(self.config["online"]["url"]))
+        self.registry = ModelRegistry(self.metadata, self.artifacts)
+
+    # features
+    def apply(self, objects: Iterable[Entity | FeatureView], actor: str = "loopml") -> list[AppliedChange]:
+        """Record entity and feature view definitions (like `feast apply`)."""
+        return feature_registry.apply(self.metadata, objects, actor)
+
+    def get_historical_features(
+        self,
+        entity_df: pd.DataFrame,
+        features: Sequence[str],
+        *,
+        timestamp_field: str = "event_timestamp",
+        full_feature_names: bool = False,
+    ) -> pd.DataFrame:
+        """Point-in-time correct features for each row of `entity_df`."""
+        return historical.get_historical_features(
+            entity_df,
+            self._requests(features),
+            base_dir=self.path,
+            timestamp_field=timestamp_field,
+            full_feature_names=full_feature_names,
+        )
+
+    def materialize(
+        self, end: datetime, start: datetime | None = None, views: Sequence[str] | None = None
+    ) -> dict[str, int]:
+        """Load the latest values with event time in [start, end] into the online store, per view.
+
+        Without `start`, each view loads from `end - ttl`: older values would read as expired anyway.
+        """
+        end = as_utc(end)
+        written = {}
+        for view in feature_registry.list_feature_views(self.metadata):
+            if views is not None and view.name not in views:
+                continue
+            view_start = as_utc(start) if start is not None else end - view.ttl
+            written[view.name] = online.materialize_view(
+                view, self.online, base_dir=self.path, start=view_start, end=end
+            )
+        return written
+
+    def get_online_features(
+        self,
+        entities: Mapping[str, Sequence[Any]],
+        features: Sequence[str],
+        *,
+        full_feature_names: bool = False,
+    ) -> online.OnlineFeatures:
+        """Current feature values for entities, with a status (present, missing, expired, null) per value."""
+        return online.read_online(
+            self.online,
+            self._requests(features),
+            entities,
+            now=self.clock.now(),
+            full_feature_names=full_feature_names,
+        )
+
+    # training
+    def train(self, spec: TrainingSpec, entity_df: pd.DataFrame) -> TrainedModel:
+        """Run the training pipeline and record the run; register the result with `project.registry`."""
+        return train(
+            spec,
+            entity_df,
+            metadata=self.metadata,
+            offline=self.offline,
+            get_features=lambda df, refs: self.get_historical_features(
+                df, refs, timestamp_field=spec.timestamp_field
+            ),
+            code_dir=self.path,
+        )
+
+    def close(self) -> None:
+        self.online.close()
+        self.metadata.dispose()
+
+    def _requests(self, features: Sequence[str]) -> list[tuple[FeatureView, list[str]]]:
+        if isinstance(features, str):
+            raise ValidationError("features must be a list of 'view:feature' references, not one string.")
+        grouped: dict[str, list[str]] = {}
+        for ref in features:
+            view, feature = parse_feature_ref(ref)
+            grouped.setdefault(view, []).append(feature)
+        return [
+            (feature_registry.get_feature_view(self.metadata, name), names) for name, names in grouped.items()
+        ]
+
+    def _local(self, location: str) -> str:
+        if "://" in location:
+            return location
+        path = Path(location)
+        return str(path if path.is_absolute() else self.path / path)
+
+    def _sqlite_url(self, url: str) -> str:
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+            return prefix + self._local(url[len(prefix) :])
+        return url

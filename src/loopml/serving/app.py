@@ -1,0 +1,232 @@
+"""The data plane: `loopml serve`'s HTTP API.
+
+Prediction requests are answered from memory (routes, loaded models) and the online store; the prediction
+and its inputs are queued for the background log writer, so the hot path writes nothing synchronously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pandas as pd
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel, Field
+
+from loopml.errors import LoopmlError, NotFoundError, ValidationError
+from loopml.features.online import read_online
+from loopml.serving.prediction_log import LABEL_SCHEMA, LABELS, PREDICTION_SCHEMA, PREDICTIONS, BatchWriter
+from loopml.serving.router import LoadedModel, Router
+from loopml.training.evaluation import predict_scores
+
+if TYPE_CHECKING:
+    from loopml.project import Project
+
+logger = logging.getLogger(__name__)
+
+ROUTE_REFRESH_SECONDS = 0.5
+Scalar = float | int | str | bool | None
+
+
+class PredictRequest(BaseModel):
+    entities: dict[str, int | str] = Field(description="Join key values, e.g. {'user_id': 42}.")
+    inputs: dict[str, Scalar] = Field(default_factory=dict, description="Request-time feature values.")
+    unit_id: str | None = Field(default=None, description="Who the request is for (sticky assignment).")
+
+
+class FeedbackItem(BaseModel):
+    prediction_id: str = Field(min_length=1)
+    label: float
+
+
+class Metrics:
+    """Prometheus metrics of one app (its own registry, so several apps can live in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.predictions = Counter(
+            "loopml_predictions_total", "Predictions served.", ["endpoint"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "loopml_prediction_latency_seconds",
+            "Time to answer a prediction request.",
+            ["endpoint"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
+        self.dropped = Counter(
+            "loopml_prediction_log_dropped_total",
+            "Log records dropped because the queue was full.",
+            registry=self.registry,
+        )
+        self.feedback = Counter("loopml_feedback_total", "Labels received.", registry=self.registry)
+
+
+def create_app(project: Project) -> FastAPI:
+    """Build the serving app for a project; models load at start-up, before the app reports ready."""
+    metrics = Metrics()
+    router = Router(project.metadata, project.registry)
+    serving = project.config["serving"]
+    writers: dict[str, BatchWriter] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(router.refresh, force=True)
+        writers[PREDICTIONS] = BatchWriter(
+            project.offline,
+            PREDICTIONS,
+            PREDICTION_SCHEMA,
+            batch_size=int(serving["log_batch_size"]),
+            flush_seconds=float(serving["log_flush_seconds"]),
+            on_drop=metrics.dropped.inc,
+        )
+        writers[LABELS] = BatchWriter(
+            project.offline, LABELS, LABEL_SCHEMA, flush_seconds=float(serving["log_flush_seconds"])
+        )
+        refresher = asyncio.create_task(_refresh_routes(router))
+        try:
+            yield
+        finally:
+            refresher.cancel()
+            for writer in writers.values():
+                writer.close()
+
+    app = FastAPI(title="loopml", version="0.1.0", lifespan=lifespan)
+    app.state.router = router
+
+    @app.exception_handler(LoopmlError)
+    async def loopml_error(_: Request, exc: LoopmlError) -> JSONResponse:
+        status = 404 if isinstance(exc, NotFoundError) else 400 if isinstance(exc, ValidationError) else 503
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": f"Invalid request body: {problems}"}, status_code=400)
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Response:
+        is_ready = router.seen_counter >= 0
+        return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+    @app.get("/v1/endpoints")
+    async def endpoints() -> dict[str, Any]:
+        return {"endpoints": [_describe(name, model) for name, model in router.routes.items()]}
+
+    @app.get("/v1/endpoints/{name}")
+    async def endpoint(name: str) -> dict[str, Any]:
+        return _describe(name, _route(router, name))
+
+    @app.post("/v1/endpoints/{name}/predict")
+    async def predict(name: str, body: PredictRequest) -> dict[str, Any]:
+        started = time.perf_counter()
+        model = _route(router, name)
+        now = project.clock.now()
+        missing = [f for f in model.request_features if f not in body.inputs]
+        if missing:
+            raise ValidationError(
+                f"Endpoint '{name}' needs request input(s) {missing}; send them under 'inputs'."
+            )
+        fetched = read_online(
+            project.online, model.feature_requests, {k: [v] for k, v in body.entities.items()}, now=now
+        )
+        row = {
+            **{f: body.inputs[f] for f in model.request_features},
+            **{k: v[0] for k, v in fetched.values.items()},
+        }
+        try:
+            output = float(
+                predict_scores(model.estimator, pd.DataFrame({c: [row[c]] for c in model.version.inputs}))[0]
+            )
+        except (ValueError, TypeError) as exc:
+            raise ValidationError(f"Model {model.version.ref} could not score these inputs: {exc}") from exc
+        prediction_id = uuid.uuid4().hex
+        latency = time.perf_counter() - started
+        writers[PREDICTIONS].put(
+            {
+                "prediction_id": prediction_id,
+                "ts": now,
+                "endpoint": name,
+                "model_name": model.version.model_name,
+                "model_version": model.version.version,
+                "unit_id": body.unit_id,
+                "entities": orjson.dumps(body.entities).decode(),
+                "inputs": orjson.dumps(row).decode(),
+                "output": output,
+                "latency_seconds": latency,
+            }
+        )
+        metrics.predictions.labels(name).inc()
+        metrics.latency.labels(name).observe(latency)
+        return {
+            "prediction_id": prediction_id,
+            "endpoint": name,
+            "model": model.version.model_name,
+            "model_version": model.version.version,
+            "output": output,
+            "feature_statuses": {k: v[0] for k, v in fetched.statuses.items()},
+        }
+
+    @app.post("/v1/feedback")
+    async def feedback(body: FeedbackItem | list[FeedbackItem]) -> dict[str, int]:
+        items = body if isinstance(body, list) else [body]
+        now = project.clock.now()
+        for item in items:
+            writers[LABELS].put({"prediction_id": item.prediction_id, "label": item.label, "ts": now})
+        metrics.feedback.inc(len(items))
+        return {"accepted": len(items)}
+
+    @app.post("/v1/predictions/flush")
+    async def flush() -> dict[str, bool]:
+        """Write everything queued so far (predictions and labels) before answering."""
+        for writer in writers.values():
+            await asyncio.to_thread(writer.flush)
+        return {"flushed": True}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _route(router: Router, name: str) -> LoadedModel:
+    model = router.routes.get(name)
+    if model is None:
+        raise NotFoundError(
+            f"No endpoint named '{name}' is being served; deployed: {sorted(router.routes) or 'none'}."
+        )
+    return model
+
+
+def _describe(name: str, model: LoadedModel) -> dict[str, Any]:
+    return {
+        "endpoint": name,
+        "model": model.version.model_name,
+        "model_version": model.version.version,
+        "inputs": model.version.inputs,
+        "features": model.version.features,
+    }
+
+
+async def _refresh_routes(router: Router) -> None:
+    while True:
+        await asyncio.sleep(ROUTE_REFRESH_SECONDS)
+        try:
+            await asyncio.to_thread(router.refresh)
+        except LoopmlError as exc:
+            # Keep serving the last good routes; the next tick retries.
+            logger.warning("Route refresh failed: %s", exc)

@@ -1,0 +1,114 @@
+"""Running the serving app: in the foreground (`loopml serve`), in a thread, or as a child process."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import uvicorn
+
+from loopml.serving.app import create_app
+
+if TYPE_CHECKING:
+    from loopml.project import Project
+
+
+def serve(project: Project, host: str, port: int, log_level: str = "info") -> None:
+    """Serve until interrupted; the prediction log is flushed on shutdown."""
+    uvicorn.run(create_app(project), host=host, port=port, log_level=log_level, access_log=False)
+
+
+class BackgroundServer:
+    """A real uvicorn server on loopback in a thread of this process (demo, tests)."""
+
+    def __init__(self, project: Project, host: str = "127.0.0.1", port: int = 0) -> None:
+        config = uvicorn.Config(
+            create_app(project), host=host, port=port, log_level="warning", access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="loopml-serve", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> str:
+        """Start serving and return the base URL once the server accepts requests."""
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("The loopml server did not start; see the log above for why.")
+            time.sleep(0.01)
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+class ServerProcess:
+    """`loopml serve` as a child process on loopback, started and stopped by its owner (demo, tests)."""
+
+    def __init__(
+        self, project_dir: Path, *, clock_file: Path | None = None, log_path: Path | None = None
+    ) -> None:
+        self.project_dir = Path(project_dir)
+        self.clock_file = clock_file
+        self.log_path = log_path or self.project_dir / "serve.log"
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> str:
+        command = [
+            sys.executable,
+            "-m",
+            "loopml",
+            "serve",
+            "--project",
+            str(self.project_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        if self.clock_file is not None:
+            command += ["--clock-file", str(self.clock_file)]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"`loopml serve` exited with {self.process.returncode}; see {self.log_path}."
+                )
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return self.url
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"`loopml serve` was not ready within {timeout} s; see {self.log_path}.")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask for a graceful shutdown (the prediction log is flushed), then wait for it."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,78 @@
+"""OfflineStore: Parquet datasets under a root directory, queried with DuckDB.
+
+A dataset is a folder of Parquet files; writers add files atomically (temporary name, then rename), readers
+glob the folder, so appends never block reads and a crash never leaves a half-written file visible.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from loopml.errors import ValidationError
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./=-]*$")
+
+
+class OfflineStore:
+    """Parquet datasets on local disk, read set-based through DuckDB."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def dataset_dir(self, name: str) -> Path:
+        if not _NAME.match(name) or ".." in name.split("/"):
+            raise ValidationError(
+                f"Dataset name '{name}' is not allowed; use letters, digits, '_', '-', '.', '=' and '/'."
+            )
+        return self.root / name
+
+    def glob(self, name: str) -> str:
+        """A DuckDB glob over every Parquet file of the dataset, partitions included."""
+        return str(self.dataset_dir(name) / "**" / "*.parquet")
+
+    def exists(self, name: str) -> bool:
+        directory = self.dataset_dir(name)
+        return directory.exists() and any(directory.rglob("*.parquet"))
+
+    def append(self, name: str, data: pd.DataFrame | pa.Table, *, partition: str | None = None) -> Path:
+        """Add one Parquet file to a dataset (optionally under a `key=value` partition folder)."""
+        table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+        directory = self.dataset_dir(name) / partition if partition else self.dataset_dir(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        final = directory / f"part-{uuid.uuid4().hex}.parquet"
+        temporary = directory / f".{final.name}.tmp"
+        pq.write_table(table, temporary)
+        temporary.replace(final)
+        return final
+
+    def write_file(self, relative_path: str, data: pd.DataFrame | pa.Table) -> Path:
+        """Write one whole Parquet file at a fixed path (snapshots), atomically."""
+        table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+        final = self.dataset_dir(relative_path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temporary = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+        pq.write_table(table, temporary)
+        temporary.replace(final)
+        return final
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A fresh in-memory DuckDB connection; the caller reads datasets through `glob()`."""
+        return duckdb.connect()
+
+    def read(self, name: str, where: str = "", params: list | None = None) -> pd.DataFrame:
+        """Read a whole dataset (or a filtered part of it) into pandas; an absent dataset reads empty."""
+        if not self.exists(name):
+            return pd.DataFrame()
+        sql = f"SELECT * FROM read_parquet('{self.glob(name)}', hive_partitioning=false, union_by_name=true)"
+        if where:
+            sql += f" WHERE {where}"
+        with self.connect() as conn:
+            return conn.execute(sql, params or []).df()

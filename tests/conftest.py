@@ -1,0 +1,77 @@
+"""Shared fixtures: a simulated clock, a fresh project, and real PostgreSQL schemas."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from loopml.clock import SimulatedClock
+from loopml.config import write_config
+from loopml.project import Project
+from loopml.schema import register_all_tables
+from loopml.storage.metadata import MetadataStore
+
+POSTGRES_URL = os.environ.get("LOOPML_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def unavailable(service: str, reason: object) -> None:
+    """Skip a test whose service is down, except under CI, where a missing service is a failure."""
+    message = f"{service} is not reachable: {reason}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message} (CI=true: services must be up)")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def clock() -> SimulatedClock:
+    return SimulatedClock(START)
+
+
+@pytest.fixture
+def project(tmp_path: Path, clock: SimulatedClock) -> Iterator[Project]:
+    write_config(tmp_path, "test")
+    project = Project(tmp_path, clock=clock)
+    yield project
+    project.close()
+
+
+@pytest.fixture
+def postgres_schema() -> Iterator[tuple[str, dict[str, str]]]:
+    """A fresh PostgreSQL schema for one test, dropped afterwards; yields (url, connect_args)."""
+    import sqlalchemy as sa
+
+    schema = f"loopml_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = sa.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:  # the driver raises several kinds of connection error
+        unavailable("PostgreSQL on 127.0.0.1:5432", exc)
+    try:
+        yield POSTGRES_URL, {"options": f"-csearch_path={schema}"}
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def metadata(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: SimulatedClock
+) -> Iterator[MetadataStore]:
+    """A migrated MetadataStore on SQLite and on real PostgreSQL."""
+    register_all_tables()
+    if request.param == "sqlite":
+        store = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}", clock)
+    else:
+        url, connect_args = request.getfixturevalue("postgres_schema")
+        store = MetadataStore(url, clock, connect_args=connect_args)
+    store.migrate()
+    yield store
+    store.dispose()

@@ -1,0 +1,120 @@
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from loopml.errors import NotFoundError, ValidationError
+from loopml.features import Entity, FeatureView, Field, ParquetSource
+from loopml.project import Project
+from tests.features.conftest import USER, ts, write_source
+
+
+def entity_rows(*rows: tuple[int, str]) -> pd.DataFrame:
+    return pd.DataFrame({"user_id": [r[0] for r in rows], "event_timestamp": [ts(r[1]) for r in rows]})
+
+
+def test_takes_latest_value_at_or_before_the_row_time(project: Project, user_view) -> None:
+    result = project.get_historical_features(
+        entity_rows((1, "2026-01-01 23:59"), (1, "2026-01-02 00:00"), (1, "2026-01-02 12:00")),
+        ["user_scores:score"],
+    )
+    # 00:00 on Jan 2: the Jan 2 row exists but was created at 00:00 (its correction only at 06:00).
+    assert result.score.tolist() == [1.0, 2.0, 2.5]
+
+
+def test_no_value_from_after_the_row_time(project: Project, user_view) -> None:
+    result = project.get_historical_features(
+        entity_rows((1, "2025-12-31 23:00"), (2, "2026-01-01 11:59")), ["user_scores:score"]
+    )
+    assert result.score.isna().all()
+
+
+def test_rows_created_after_the_row_time_do_not_leak(project: Project, user_view) -> None:
+    # The Jan 3 value has event time Jan 3 00:00 but was only written (backfilled) on Jan 5.
+    result = project.get_historical_features(entity_rows((1, "2026-01-03 00:00")), ["user_scores:score"])
+    assert result.score.tolist() == [2.5]
+
+
+def test_ties_on_event_time_go_to_the_latest_created(project: Project, user_view) -> None:
+    result = project.get_historical_features(
+        entity_rows((1, "2026-01-02 07:00")), ["user_scores:score", "user_scores:label"]
+    )
+    assert (result.score[0], result.label[0]) == (2.5, "c")
+
+
+def test_ttl_is_respected_at_its_boundary(project: Project, user_view) -> None:
+    result = project.get_historical_features(
+        entity_rows((2, "2026-01-02 12:00"), (2, "2026-01-02 12:00:01")), ["user_scores:score"]
+    )
+    assert result.score[0] == 10.0
+    assert pd.isna(result.score[1])
+
+
+def test_left_join_keeps_every_row_in_order_with_its_own_columns(project: Project, user_view) -> None:
+    entities = entity_rows(
+        (2, "2026-01-01 13:00"), (99, "2026-01-01 13:00"), (1, "2026-01-01 13:00"), (2, "2026-01-01 13:00")
+    )
+    entities["amount"] = [5.0, 6.0, 7.0, 8.0]
+    result = project.get_historical_features(entities, ["user_scores:score"])
+    assert result.user_id.tolist() == [2, 99, 1, 2]
+    assert result.amount.tolist() == [5.0, 6.0, 7.0, 8.0]
+    assert result.score.fillna(-1).tolist() == [10.0, -1, 1.0, 10.0]
+
+
+def test_several_views_and_full_feature_names(project: Project, user_view) -> None:
+    merchant = Entity("merchant", join_keys=["merchant_id"])
+    rows = pd.DataFrame({"merchant_id": [7], "ts": [ts("2026-01-01")], "score": [0.5]})
+    view = FeatureView(
+        "merchant_scores",
+        [merchant],
+        ParquetSource(write_source(project, "m", rows), "ts"),
+        [Field("score")],
+        ttl=timedelta(days=7),
+    )
+    project.apply([merchant, view])
+    entities = entity_rows((1, "2026-01-01 06:00"))
+    entities["merchant_id"] = [7]
+    with pytest.raises(ValidationError, match="full_feature_names=True"):
+        project.get_historical_features(entities, ["user_scores:score", "merchant_scores:score"])
+    result = project.get_historical_features(
+        entities, ["user_scores:score", "merchant_scores:score"], full_feature_names=True
+    )
+    assert (result.user_scores__score[0], result.merchant_scores__score[0]) == (1.0, 0.5)
+
+
+def test_naive_timestamps_are_read_as_utc(project: Project, user_view) -> None:
+    entities = pd.DataFrame({"user_id": [1], "event_timestamp": [pd.Timestamp("2026-01-02 12:00")]})
+    assert project.get_historical_features(entities, ["user_scores:score"]).score.tolist() == [2.5]
+
+
+@pytest.mark.parametrize(
+    ("entities", "features", "message"),
+    [
+        (pd.DataFrame({"user_id": [1]}), ["user_scores:score"], "no timestamp column 'event_timestamp'"),
+        (pd.DataFrame({"event_timestamp": [ts("2026-01-01")]}), ["user_scores:score"], "lacks join key"),
+        (entity_rows((1, "2026-01-01")), ["user_scores:nope"], "has no feature 'nope'"),
+        (entity_rows((1, "2026-01-01")), ["score"], "view_name:feature_name"),
+        (
+            pd.DataFrame({"user_id": [1], "event_timestamp": ["not a time"]}),
+            ["user_scores:score"],
+            "must hold timestamps",
+        ),
+    ],
+)
+def test_bad_requests_get_clear_errors(project: Project, user_view, entities, features, message) -> None:
+    with pytest.raises(ValidationError, match=message):
+        project.get_historical_features(entities, features)
+
+
+def test_unknown_view_is_not_found(project: Project, user_view) -> None:
+    with pytest.raises(NotFoundError, match="No feature view named 'nope'"):
+        project.get_historical_features(entity_rows((1, "2026-01-01")), ["nope:score"])
+
+
+def test_definitions_are_validated() -> None:
+    with pytest.raises(ValidationError, match="ttl"):
+        FeatureView("v", [USER], ParquetSource("x"), [Field("a")], ttl=timedelta(0))
+    with pytest.raises(ValidationError, match="dtype"):
+        Field("a", "decimal")
+    with pytest.raises(ValidationError, match="not valid"):
+        Entity("bad name", join_keys=["id"])

@@ -1,0 +1,125 @@
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from loopml.project import Project
+from loopml.serving.app import create_app
+from loopml.serving.prediction_log import read_labelled_predictions, read_predictions
+from tests.helpers import SPEC, START, build_world, train_and_deploy
+
+
+@pytest.fixture
+def served(project: Project, clock) -> Iterator[tuple[Project, TestClient]]:
+    events = build_world(project)
+    train_and_deploy(project, events)
+    project.materialize(end=START + pd.Timedelta(days=10))
+    clock.set(START + pd.Timedelta(days=10, hours=1))
+    with TestClient(create_app(project)) as client:
+        yield project, client
+
+
+def predict(client: TestClient, user: int = 3, **inputs) -> dict:
+    body = {
+        "entities": {"user_id": user},
+        "inputs": {"amount": 50.0, "channel": "web", **inputs},
+        "unit_id": "u1",
+    }
+    response = client.post("/v1/endpoints/toy/predict", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_predict_fetches_online_features_and_names_the_version(served) -> None:
+    _, client = served
+    answer = predict(client)
+    assert answer["model"] == "toy" and answer["model_version"] == 1
+    assert 0.0 <= answer["output"] <= 1.0
+    assert answer["feature_statuses"] == {"risk": "present"}
+    assert len(answer["prediction_id"]) == 32
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+
+
+def test_predictions_and_feedback_are_logged_and_joinable(served, clock) -> None:
+    project, client = served
+    ids = []
+    for user in range(5):
+        clock.advance(timedelta(seconds=1))
+        ids.append(predict(client, user=user)["prediction_id"])
+    assert client.post("/v1/feedback", json={"prediction_id": ids[0], "label": 1}).json() == {"accepted": 1}
+    clock.advance(timedelta(minutes=5))
+    client.post(
+        "/v1/feedback", json=[{"prediction_id": ids[0], "label": 0}, {"prediction_id": ids[1], "label": 1}]
+    )
+    client.post("/v1/predictions/flush").raise_for_status()
+
+    window = (START, START + pd.Timedelta(days=11))
+    logged = read_predictions(project.offline, "toy", *window)
+    assert logged.prediction_id.tolist() == ids
+    assert set(logged.model_version) == {1}
+    assert '"risk"' in logged.inputs[0] and '"amount":50.0' in logged.inputs[0]
+    labelled = read_labelled_predictions(project.offline, "toy", *window, labels_until=clock.now())
+    assert dict(zip(labelled.prediction_id, labelled.label, strict=True)) == {
+        ids[0]: 0.0,
+        ids[1]: 1.0,
+    }  # latest wins
+    earlier = read_labelled_predictions(
+        project.offline, "toy", *window, labels_until=clock.now() - timedelta(minutes=1)
+    )
+    assert dict(zip(earlier.prediction_id, earlier.label, strict=True)) == {ids[0]: 1.0}
+
+
+def test_missing_feature_values_are_reported_not_fatal(served) -> None:
+    _, client = served
+    answer = predict(client, user=999)
+    assert answer["feature_statuses"] == {"risk": "missing"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/v1/endpoints/nope/predict", {"entities": {"user_id": 1}}, 404, "No endpoint named 'nope'"),
+        (
+            "/v1/endpoints/toy/predict",
+            {"entities": {"user_id": 1}, "inputs": {"amount": 1}},
+            400,
+            "'channel'",
+        ),
+        ("/v1/endpoints/toy/predict", {"inputs": {}}, 400, "entities"),
+        (
+            "/v1/endpoints/toy/predict",
+            {"entities": {"user_id": 1}, "inputs": {"amount": "lots", "channel": "web"}},
+            400,
+            "could not score",
+        ),
+        ("/v1/feedback", {"prediction_id": "x"}, 400, "label"),
+    ],
+)
+def test_bad_requests_get_json_errors(served, path, body, status, message) -> None:
+    _, client = served
+    response = client.post(path, json=body)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+
+
+def test_alias_move_reaches_the_server_without_restart(served) -> None:
+    project, client = served
+    trained = project.train(SPEC, build_world(project, seed=1))
+    v2 = project.registry.register(trained)
+    project.registry.set_alias("toy", "champion", v2.version, reason="test")
+    deadline = time.monotonic() + 5
+    while client.get("/v1/endpoints/toy").json()["model_version"] != 2:
+        assert time.monotonic() < deadline, "route change did not arrive within 5 s"
+        time.sleep(0.05)
+    assert predict(client)["model_version"] == 2
+
+
+def test_metrics_are_exposed_in_prometheus_format(served) -> None:
+    _, client = served
+    predict(client)
+    text = client.get("/metrics").text
+    assert 'loopml_predictions_total{endpoint="toy"} 1.0' in text
+    assert "loopml_prediction_latency_seconds_bucket" in text

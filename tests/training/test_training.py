@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+
+from loopml.errors import ValidationError
+from loopml.project import Project
+from loopml.training.gate import evaluate_gate
+from loopml.training.pipeline import TrainingSpec
+from loopml.training.tracking import Tracker
+from tests.helpers import SPEC, build_world
+
+
+def test_training_records_run_params_metrics_code_and_data(project: Project) -> None:
+    trained = project.train(SPEC, build_world(project))
+    run = Tracker(project.metadata).get_run(trained.run_id)
+    assert run.status == "finished"
+    assert run.params == {"estimator": SPEC.estimator, "max_iter": "20", "categorical": "['channel']"}
+    assert run.metrics["validation_roc_auc"] == pytest.approx(trained.metrics["roc_auc"])
+    assert trained.metrics["roc_auc"] > 0.6
+    assert run.dataset_id == trained.snapshot.id
+    assert trained.snapshot.columns.keys() >= {"risk", "amount", "is_bad"}
+    assert "loopml" in run.code_version and "git_commit" in run.code_version
+
+
+def test_validation_rows_are_the_newest(project: Project) -> None:
+    events = build_world(project)
+    trained = project.train(SPEC, events)
+    n_validation = trained.metrics["n_rows"]
+    assert n_validation == len(events) - int(len(events) * 0.8)
+
+
+def test_failed_training_marks_the_run_failed(project: Project) -> None:
+    events = build_world(project)
+    spec = TrainingSpec(
+        "bad",
+        ("users:risk",),
+        ("amount", "channel"),
+        "is_bad",
+        "loopml.demo.model:make_estimator",
+        params={"max_iter": -1, "categorical": ["channel"]},
+    )
+    with pytest.raises(ValueError):
+        project.train(spec, events)
+    from sqlalchemy import select
+
+    from loopml.training.tables import runs
+
+    with project.metadata.begin() as conn:
+        status, error = conn.execute(select(runs.c.status, runs.c.error)).one()
+    assert status == "failed" and "max_iter" in error
+
+
+def test_bad_training_input_is_explained(project: Project) -> None:
+    events = build_world(project)
+    with pytest.raises(ValidationError, match="lacks column"):
+        project.train(SPEC, events.drop(columns=["channel"]))
+    with pytest.raises(ValidationError, match="module:function"):
+        TrainingSpec("m", (), (), "y", "not_a_factory")
+
+
+def test_gate_passes_only_a_real_improvement() -> None:
+    rng = np.random.default_rng(0)
+    y = (rng.random(2000) < 0.1).astype(float)
+    good = y * 0.6 + rng.random(2000) * 0.5
+    poor = y * 0.1 + rng.random(2000)
+    passed = evaluate_gate(y, good, poor, min_delta=0.01)
+    assert passed.passed and passed.candidate > passed.champion + 0.01
+    assert "beats champion" in passed.reason
+    assert not evaluate_gate(y, poor, good).passed
+    assert not evaluate_gate(y, good, good, min_delta=0.0).passed  # equal is not better
+    log_loss_gate = evaluate_gate(y, np.clip(good, 0, 1), np.clip(poor, 0, 1), metric="log_loss")
+    assert log_loss_gate.passed and log_loss_gate.candidate < log_loss_gate.champion
+
+
+def test_gate_refuses_to_judge_on_too_little_data() -> None:
+    y = np.array([0.0] * 300 + [1.0] * 5)
+    result = evaluate_gate(y, y, 1 - y, min_positive=10)
+    assert not result.passed and "not enough labelled data" in result.reason
