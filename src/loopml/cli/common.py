@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from loopml.clock import Clock, FileClock, as_utc
 from loopml.errors import ValidationError
 from loopml.project import Project
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (logs, CI) gets room for tables instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 140)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 ProjectOption = typer.Option(Path("."), "--project", "-p", help="Project directory (holds loopml.yaml).")
 

@@ -1,0 +1,86 @@
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from loopml.cli.main import app
+
+runner = CliRunner()
+COMMANDS = [
+    "init",
+    "apply",
+    "materialize",
+    "train",
+    "deploy",
+    "serve",
+    "events",
+    "controller",
+    "demo",
+    "models",
+    "monitor",
+    "policy",
+]
+
+
+def test_help_lists_every_command() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert re.search(rf"│ {command}\s", result.output), command
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[c] for c in COMMANDS]
+    + [
+        ["models", "list"],
+        ["models", "show"],
+        ["models", "alias"],
+        ["models", "history"],
+        ["monitor", "drift"],
+        ["policy", "list"],
+    ],
+)
+def test_every_command_has_help_text(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    lines = [line.strip() for line in result.output.split("╭")[0].splitlines() if line.strip()]
+    assert lines[0].startswith("Usage:")
+    description = " ".join(lines[1:])
+    assert len(description) > 15, f"{command} has no description"
+
+
+DEFINITIONS = """
+from datetime import timedelta
+from loopml import Entity, FeatureView, Field, ParquetSource
+
+user = Entity("user", join_keys=["user_id"])
+stats = FeatureView("stats", [user], ParquetSource("data/*.parquet"), [Field("x")], ttl=timedelta(days={days}))
+"""
+
+
+def test_init_apply_and_events_from_the_command_line(tmp_path: Path) -> None:
+    assert runner.invoke(app, ["init", str(tmp_path)]).exit_code == 0
+    assert (tmp_path / "loopml.yaml").exists()
+    (tmp_path / "features.py").write_text(DEFINITIONS.format(days=1))
+    first = runner.invoke(app, ["apply", "-p", str(tmp_path)])
+    assert first.exit_code == 0 and first.output.count("create") == 2
+    (tmp_path / "features.py").write_text(DEFINITIONS.format(days=2))
+    second = runner.invoke(app, ["apply", "-p", str(tmp_path)])
+    assert "update" in second.output and "unchanged" in second.output
+    events = runner.invoke(app, ["events", "-p", str(tmp_path), "--subject", "feature_view:"])
+    assert "feature_view.created" in events.output and "feature_view.updated" in events.output
+
+
+def test_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "loopml", "models", "list", "-p", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert "run `loopml init` there first" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
