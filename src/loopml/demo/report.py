@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING
 import jinja2
 
 from loopml.monitoring.charts import LineChart, Marker, Series
+from loopml.training.evaluation import classification_metrics
 
 if TYPE_CHECKING:
     from loopml.demo.runner import DemoResult
     from loopml.project import Project
 
 P_VALUE_FLOOR = 1e-20
+ROLLING_DAYS = 3
 
 
 def write_report(result: DemoResult, project: Project) -> Path:
@@ -28,9 +30,15 @@ def write_report(result: DemoResult, project: Project) -> Path:
         markers.append(Marker(index[result.first_drift_date], "drift detected", "#dc2626"))
     markers += [Marker(index[date], f"v{version} promoted", "#16a34a") for date, version in result.promotions]
 
+    served, v1 = _rolling_auc(result, "output"), _rolling_auc(result, "v1_output")
     auc = LineChart(
-        "ROC AUC of live predictions per day (labels from the world's ground truth)",
-        [Series("served model", [(i, d.auc) for i, d in enumerate(days)])],
+        f"ROC AUC of live predictions over the last {ROLLING_DAYS} days (labels from the world's ground truth)",
+        [
+            Series("served by the loop", [(i, served.get(d.date, math.nan)) for i, d in enumerate(days)]),
+            Series(
+                "v1 had it never been replaced", [(i, v1.get(d.date, math.nan)) for i, d in enumerate(days)]
+            ),
+        ],
         x_labels=x_labels,
         markers=markers,
         y_range=(0.4, 1.0),
@@ -92,3 +100,13 @@ def _minus_log10(p: float | None) -> float:
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return math.nan
     return min(20.0, -math.log10(max(p, P_VALUE_FLOOR)))
+
+
+def _rolling_auc(result: DemoResult, column: str) -> dict[str, float]:
+    """ROC AUC per day over that day's and the previous days' predictions (single days hold few frauds)."""
+    dates = [d.date for d in result.days]
+    auc = {}
+    for index, date in enumerate(dates):
+        window = result.served[result.served.date.isin(dates[max(0, index - ROLLING_DAYS + 1) : index + 1])]
+        auc[date] = classification_metrics(window.is_fraud.to_numpy(), window[column].to_numpy())["roc_auc"]
+    return auc

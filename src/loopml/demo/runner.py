@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -67,8 +66,6 @@ class DayRecord:
     date: str
     requests: int
     served_versions: list[int]
-    auc: float
-    fraud_rate: float
     decision: Decision
 
 
@@ -81,6 +78,7 @@ class DemoResult:
     promotions: list[tuple[str, int]]
     versions: list[dict[str, Any]]
     comparison: pd.DataFrame
+    served: pd.DataFrame
     report_path: Path
     seconds: float
 
@@ -106,7 +104,7 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None) -
         console.print(f"Serving [bold]{MODEL}[/] v{v1.version} at {base_url}/v1/endpoints/{ENDPOINT}/predict")
     try:
         with httpx.Client(base_url=base_url, timeout=30) as client:
-            days = _simulate(project, clock, world, config, client, console)
+            days, served = _simulate(project, clock, world, config, client, console)
     finally:
         server.stop()
 
@@ -120,6 +118,8 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None) -
         d for d in days if d.decision.evidence.get("drift_share", 0) > config.policy["drift_share_threshold"]
     ]
     comparison = _compare_versions(project, world, config, promotions)
+    live = world.transactions.set_index("transaction_id").loc[served.transaction_id].reset_index()
+    served["v1_output"] = score_version(project, v1, live, "event_timestamp").to_numpy()
     result = DemoResult(
         config=config,
         days=days,
@@ -128,6 +128,7 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None) -
         promotions=promotions,
         versions=_versions(project),
         comparison=comparison,
+        served=served,
         report_path=config.workdir.resolve() / "report.html",
         seconds=time.monotonic() - started,
     )
@@ -197,12 +198,16 @@ def _simulate(
     config: DemoConfig,
     client: httpx.Client,
     console: Console | None,
-) -> list[DayRecord]:
+) -> tuple[list[DayRecord], pd.DataFrame]:
+    """Send each day's traffic, deliver due labels, run the feature job and a controller tick.
+
+    Returns a record per day and what was served per transaction (output and true label).
+    """
     tx = world.transactions
     controller = Controller(project)
     prediction_ids: dict[int, str] = {}
     labelled: set[int] = set()
-    records = []
+    records, served = [], []
     live_days = range(config.live_start_day, config.world.days)
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -218,12 +223,14 @@ def _simulate(
         for day in live_days:
             day_start, day_end = world.day_start(day), world.day_start(day + 1)
             todays = tx[(tx.event_timestamp >= day_start) & (tx.event_timestamp < day_end)]
-            outputs, versions = [], []
+            versions = []
             for row in todays.itertuples(index=False):
                 clock.set(row.event_timestamp.to_pydatetime())
                 answer = _predict(client, row)
                 prediction_ids[row.transaction_id] = answer["prediction_id"]
-                outputs.append(answer["output"])
+                served.append(
+                    (row.transaction_id, day_start.date().isoformat(), answer["output"], row.is_fraud)
+                )
                 versions.append(answer["model_version"])
 
             clock.set(day_end.to_pydatetime())
@@ -244,19 +251,8 @@ def _simulate(
             decision = controller.tick()[0]
             if decision.action == PROMOTED:
                 _wait_for_version(client, decision.evidence["candidate_version"])
-            y = todays.is_fraud.to_numpy()
             records.append(
-                DayRecord(
-                    day=day,
-                    date=day_start.date().isoformat(),
-                    requests=len(todays),
-                    served_versions=sorted(set(versions)),
-                    auc=classification_metrics(y, np.asarray(outputs))["roc_auc"]
-                    if len(todays)
-                    else float("nan"),
-                    fraud_rate=float(y.mean()) if len(todays) else float("nan"),
-                    decision=decision,
-                )
+                DayRecord(day, day_start.date().isoformat(), len(todays), sorted(set(versions)), decision)
             )
             share = decision.evidence.get("drift_share")
             status = (
@@ -265,7 +261,8 @@ def _simulate(
                 else ""
             )
             progress.update(task, advance=1, status=status)
-    return records
+    columns = ["transaction_id", "date", "output", "is_fraud"]
+    return records, pd.DataFrame(served, columns=columns)
 
 
 def _predict(client: httpx.Client, row: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import joblib
 import sklearn
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
 from loopml.errors import NotFoundError, ValidationError
 from loopml.registry.tables import model_aliases, model_versions, registered_models
@@ -186,11 +186,7 @@ class ModelRegistry:
             )
         self.get_version(name, version)
         with self.metadata.begin() as conn:
-            previous = conn.execute(
-                select(model_aliases.c.version).where(
-                    model_aliases.c.model_name == name, model_aliases.c.alias == alias
-                )
-            ).scalar()
+            previous = _alias_version(conn, name, alias)
             if previous == version:
                 return
             now = self.metadata.clock.now()
@@ -218,11 +214,7 @@ class ModelRegistry:
 
     def remove_alias(self, name: str, alias: str, *, actor: str = "loopml", reason: str) -> None:
         with self.metadata.begin() as conn:
-            previous = conn.execute(
-                select(model_aliases.c.version).where(
-                    model_aliases.c.model_name == name, model_aliases.c.alias == alias
-                )
-            ).scalar()
+            previous = _alias_version(conn, name, alias)
             if previous is None:
                 return
             conn.execute(
@@ -265,3 +257,11 @@ class ModelRegistry:
     def load(self, version: ModelVersion) -> Any:
         """The estimator of a version, after its artifact's checksum was verified."""
         return joblib.load(io.BytesIO(self.artifacts.get(version.artifact_digest)))
+
+
+def _alias_version(conn: Connection, name: str, alias: str) -> int | None:
+    return conn.execute(
+        select(model_aliases.c.version).where(
+            model_aliases.c.model_name == name, model_aliases.c.alias == alias
+        )
+    ).scalar()

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ROUTE_REFRESH_SECONDS = 0.5
+FEEDBACK_WAIT_SECONDS = 5.0
 Scalar = float | int | str | bool | None
 
 
@@ -101,7 +102,6 @@ def create_app(project: Project) -> FastAPI:
                 writer.close()
 
     app = FastAPI(title="loopml", version="0.1.0", lifespan=lifespan)
-    app.state.router = router
 
     @app.exception_handler(LoopmlError)
     async def loopml_error(_: Request, exc: LoopmlError) -> JSONResponse:
@@ -181,13 +181,20 @@ def create_app(project: Project) -> FastAPI:
         }
 
     @app.post("/v1/feedback")
-    async def feedback(body: FeedbackItem | list[FeedbackItem]) -> dict[str, int]:
+    async def feedback(body: FeedbackItem | list[FeedbackItem]) -> Any:
+        """Record labels by prediction id (the latest label of a prediction wins)."""
         items = body if isinstance(body, list) else [body]
         now = project.clock.now()
-        for item in items:
-            writers[LABELS].put({"prediction_id": item.prediction_id, "label": item.label, "ts": now})
-        metrics.feedback.inc(len(items))
-        return {"accepted": len(items)}
+        records = [{"prediction_id": item.prediction_id, "label": item.label, "ts": now} for item in items]
+        accepted = await asyncio.to_thread(_put_all, writers[LABELS], records)
+        metrics.feedback.inc(accepted)
+        if accepted < len(records):
+            message = (
+                f"The label queue is full: accepted the first {accepted} of {len(records)} labels; "
+                "send the rest again shortly."
+            )
+            return JSONResponse({"error": message, "accepted": accepted}, status_code=503)
+        return {"accepted": accepted}
 
     @app.post("/v1/predictions/flush")
     async def flush() -> dict[str, bool]:
@@ -201,6 +208,14 @@ def create_app(project: Project) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _put_all(writer: BatchWriter, records: list[dict[str, Any]]) -> int:
+    """Queue records in order, waiting for room; returns how many were queued before one could not be."""
+    for accepted, record in enumerate(records):
+        if not writer.put(record, timeout=FEEDBACK_WAIT_SECONDS):
+            return accepted
+    return len(records)
 
 
 def _route(router: Router, name: str) -> LoadedModel:

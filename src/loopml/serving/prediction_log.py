@@ -65,10 +65,16 @@ class BatchWriter:
         self._thread = threading.Thread(target=self._run, name=f"loopml-{dataset}-writer", daemon=True)
         self._thread.start()
 
-    def put(self, record: dict[str, Any]) -> bool:
-        """Queue a record without blocking; returns False (and counts a drop) when the queue is full."""
+    def put(self, record: dict[str, Any], timeout: float | None = None) -> bool:
+        """Queue a record, waiting up to `timeout` seconds for room (by default not at all).
+
+        Returns False, and counts a drop, when the queue stayed full.
+        """
         try:
-            self._queue.put_nowait(record)
+            if timeout is None:
+                self._queue.put_nowait(record)
+            else:
+                self._queue.put(record, timeout=timeout)
         except queue.Full:
             self.dropped += 1
             if self._on_drop is not None:
