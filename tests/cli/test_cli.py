@@ -84,3 +84,44 @@ def test_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "run `loopml init` there first" in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr
+
+
+TRAINING = """
+from datetime import timedelta
+from loopml import DriftRetrainPolicy
+from tests.helpers import SPEC, USER, user_view
+
+views = [USER, user_view()]
+drift = DriftRetrainPolicy("toy_drift", "toy", "toy", drift_window=timedelta(days=1))
+"""
+
+
+def test_train_models_deploy_policy_and_controller_from_the_command_line(tmp_path: Path) -> None:
+    from loopml.project import Project
+    from tests.helpers import build_world
+
+    runner.invoke(app, ["init", str(tmp_path)])
+    build_world(Project(tmp_path)).to_parquet(tmp_path / "labelled.parquet")
+    (tmp_path / "toy.py").write_text(TRAINING)
+    p = ["-p", str(tmp_path)]
+
+    def run(*args: str) -> str:
+        result = runner.invoke(app, [*args, *p])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "policy" in run("apply")
+    assert "Registered toy/1" in run(
+        "train", "toy", "--data", str(tmp_path / "labelled.parquet"), "--alias", "champion"
+    )
+    assert "champion → v1" in run("models", "list")
+    assert "users:risk" in run("models", "show", "toy@champion")
+    run("train", "toy", "--data", str(tmp_path / "labelled.parquet"))
+    run("models", "alias", "toy", "champion", "2", "--reason", "manual promotion")
+    history = run("models", "history", "toy", "champion")
+    assert "manual promotion" in history and "v1" in history and "v2" in history
+    assert "endpoint 'toy' → toy@champion" in run("deploy", "toy", "toy")
+    assert "endpoint.deployed" in run("events", "--kind", "endpoint.deployed")
+    assert "toy_drift" in run("policy", "list")
+    assert "toy_drift: skipped: only 0 predictions" in " ".join(run("controller", "--once").split())
+    assert "run.finished" in run("events", "--subject", "run:")

@@ -18,7 +18,7 @@ from loopml.errors import LoopmlError
 from loopml.features import Entity, FeatureView
 from loopml.features.registry import plan
 from loopml.loop.controller import Controller
-from loopml.loop.policy import list_policies
+from loopml.loop.policy import DriftRetrainPolicy, list_policies, save_policy
 from loopml.serving.endpoints import deploy as deploy_endpoint
 from loopml.training.pipeline import TrainingSpec
 
@@ -50,11 +50,14 @@ def apply(
     files: list[Path] | None = typer.Argument(None, help="Definition files (default: the project's *.py)."),
     project_dir: Path = ProjectOption,
 ) -> None:
-    """Register entities and feature views defined in Python; prints the plan, then applies it."""
+    """Register entities, feature views and retraining policies defined in Python: prints the plan, then applies."""
     project = open_project(project_dir)
     objects = collect(project.path, Entity, files) + collect(project.path, FeatureView, files)
-    if not objects:
-        console.print("No Entity or FeatureView found; define them in a .py file of the project.")
+    policies = collect(project.path, DriftRetrainPolicy, files)
+    if not objects and not policies:
+        console.print(
+            "No Entity, FeatureView or DriftRetrainPolicy found; define them in a .py file of the project."
+        )
         raise typer.Exit(1)
     table = Table("action", "kind", "name", "version")
     colours = {"create": "green", "update": "yellow", "unchanged": "dim"}
@@ -62,8 +65,12 @@ def apply(
         table.add_row(
             change.action, change.kind, change.name, str(change.version), style=colours[change.action]
         )
+    for policy in policies:
+        table.add_row("save", "policy", policy.name, "-", style="green")
     console.print(table)
     project.apply(objects, actor="cli")
+    for policy in policies:
+        save_policy(project.metadata, policy, actor="cli")
 
 
 @app.command()

@@ -75,6 +75,13 @@ class Tracker:
                     insert(run_params),
                     [{"run_id": run_id, "key": k, "value": str(v)} for k, v in params.items()],
                 )
+            self.metadata.record_event(
+                conn,
+                kind="run.started",
+                subject=f"run:{run_id}",
+                reason=f"pipeline '{pipeline}' started",
+                data={"pipeline": pipeline, "code_version": code},
+            )
         return run_id
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
@@ -100,6 +107,13 @@ class Tracker:
                 update(runs)
                 .where(runs.c.id == run_id)
                 .values(status=status, ended_at=self.metadata.clock.now(), error=error)
+            )
+            self.metadata.record_event(
+                conn,
+                kind=f"run.{status}",
+                subject=f"run:{run_id}",
+                reason=error or f"run {status}",
+                data={"status": status},
             )
 
     def get_run(self, run_id: str) -> Run:
