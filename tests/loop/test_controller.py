@@ -3,7 +3,9 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
+from loopml.cli.main import app
 from loopml.errors import ValidationError
 from loopml.loop.controller import NONE, SKIPPED, Controller
 from loopml.loop.policy import DriftRetrainPolicy, get_policy, save_policy
@@ -81,3 +83,49 @@ def test_controller_sees_no_drift_on_familiar_traffic_and_drift_on_shifted_traff
     # Drift share 1/3 passes the threshold 0.3; with no labels yet, the retrain waits instead of guessing.
     assert drifted.action == "deferred" and "no labelled predictions" in drifted.reason
     assert project.registry.get_alias("toy", "champion") == 1
+
+    report = CliRunner().invoke(
+        app,
+        [
+            "monitor",
+            "drift",
+            "toy",
+            "--window",
+            "1d",
+            "--at",
+            clock.now().isoformat(),
+            "-p",
+            str(project.path),
+        ],
+    )
+    assert report.exit_code == 0, report.output
+    amount_row = next(line for line in report.output.splitlines() if "amount" in line)
+    assert "ks" in amount_row and "drift" in amount_row
+    assert "drift share: 0.33 (1 of 3 features)" in report.output
+
+
+def test_a_failing_policy_is_recorded_and_does_not_stop_the_others(
+    project: Project, policy, monkeypatch
+) -> None:
+    events = build_world(project)
+    train_and_deploy(project, events)
+    save_policy(project.metadata, policy)
+    save_policy(project.metadata, DriftRetrainPolicy("other", "toy", "toy"))
+
+    import loopml.loop.controller as controller_module
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("snapshot store unreachable")
+        return original(*args, **kwargs)
+
+    original = controller_module.model_drift
+    monkeypatch.setattr(controller_module, "model_drift", broken)
+    first, second = Controller(project).tick()
+    assert (first.policy, first.action) == ("other", "failed")
+    assert "RuntimeError: snapshot store unreachable" in first.reason
+    assert (second.policy, second.action) == ("toy_drift", SKIPPED)
+    assert project.metadata.events(kind="policy.failed")[0].subject == "policy:other"

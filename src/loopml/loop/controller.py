@@ -7,6 +7,7 @@ its reason and the numbers behind it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,16 @@ from loopml.monitoring.model_drift import model_drift
 if TYPE_CHECKING:
     from loopml.project import Project
 
-NONE, SKIPPED, DEFERRED, PROMOTED, REJECTED = "none", "skipped", "deferred", "promoted", "rejected"
+logger = logging.getLogger(__name__)
+
+NONE, SKIPPED, DEFERRED, PROMOTED, REJECTED, FAILED = (
+    "none",
+    "skipped",
+    "deferred",
+    "promoted",
+    "rejected",
+    "failed",
+)
 
 
 @dataclass(frozen=True)
@@ -37,12 +47,16 @@ class Controller:
         self.project = project
 
     def tick(self) -> list[Decision]:
+        """Evaluate every policy once; a policy that fails is recorded as failed and the others still run."""
         now = self.project.clock.now()
-        decisions = [
-            self._evaluate(policy, state, now) for policy, state in list_policies(self.project.metadata)
-        ]
-        with self.project.metadata.begin() as conn:
-            for decision in decisions:
+        decisions = []
+        for policy, state in list_policies(self.project.metadata):
+            try:
+                decision = self._evaluate(policy, state, now)
+            except Exception as exc:  # one broken policy must not stop the reconciler
+                logger.exception("Policy %s failed", policy.name)
+                decision = Decision(policy.name, FAILED, f"{type(exc).__name__}: {exc}", {})
+            with self.project.metadata.begin() as conn:
                 self.project.metadata.record_event(
                     conn,
                     kind=f"policy.{decision.action}",
@@ -51,6 +65,7 @@ class Controller:
                     reason=decision.reason,
                     data=decision.evidence,
                 )
+            decisions.append(decision)
         return decisions
 
     def _evaluate(self, policy: DriftRetrainPolicy, state: dict[str, Any], now: datetime) -> Decision:
