@@ -11,10 +11,9 @@ import pandas as pd
 
 from loopml.clock import Clock, SystemClock, as_utc
 from loopml.config import load_config
-from loopml.errors import ValidationError
 from loopml.features import historical, online
 from loopml.features import registry as feature_registry
-from loopml.features.definitions import Entity, FeatureView, parse_feature_ref
+from loopml.features.definitions import Entity, FeatureView, group_feature_refs
 from loopml.features.registry import AppliedChange
 from loopml.registry.models import ModelRegistry
 from loopml.schema import register_all_tables
@@ -117,14 +116,9 @@ class Project:
         self.metadata.dispose()
 
     def _requests(self, features: Sequence[str]) -> list[tuple[FeatureView, list[str]]]:
-        if isinstance(features, str):
-            raise ValidationError("features must be a list of 'view:feature' references, not one string.")
-        grouped: dict[str, list[str]] = {}
-        for ref in features:
-            view, feature = parse_feature_ref(ref)
-            grouped.setdefault(view, []).append(feature)
         return [
-            (feature_registry.get_feature_view(self.metadata, name), names) for name, names in grouped.items()
+            (feature_registry.get_feature_view(self.metadata, view), names)
+            for view, names in group_feature_refs(features).items()
         ]
 
     def _local(self, location: str) -> str:

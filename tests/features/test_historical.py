@@ -118,3 +118,12 @@ def test_definitions_are_validated() -> None:
         Field("a", "decimal")
     with pytest.raises(ValidationError, match="not valid"):
         Entity("bad name", join_keys=["id"])
+
+
+def test_source_paths_with_quotes_are_read_safely(project: Project) -> None:
+    rows = pd.DataFrame({"user_id": [1], "event_timestamp": [ts("2026-01-01")], "score": [7.0]})
+    path = write_source(project, "o'brien", rows)
+    view = FeatureView("quoted", [USER], ParquetSource(path), [Field("score")], ttl=timedelta(days=1))
+    project.apply([USER, view])
+    result = project.get_historical_features(entity_rows((1, "2026-01-01 01:00")), ["quoted:score"])
+    assert result.score.tolist() == [7.0]

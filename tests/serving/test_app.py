@@ -123,3 +123,39 @@ def test_metrics_are_exposed_in_prometheus_format(served) -> None:
     text = client.get("/metrics").text
     assert 'loopml_predictions_total{endpoint="toy"} 1.0' in text
     assert "loopml_prediction_latency_seconds_bucket" in text
+
+
+def test_a_version_that_fails_to_load_leaves_the_current_one_serving(served) -> None:
+    from pathlib import Path
+
+    project, client = served
+    broken = project.registry.register(project.train(SPEC, build_world(project, seed=2)))
+    Path(project.artifacts.path_of(broken.artifact_digest)).write_bytes(b"corrupted")
+    project.registry.set_alias("toy", "champion", broken.version, reason="test")
+    time.sleep(1.2)  # more than two refresh intervals
+    assert predict(client)["model_version"] == 1
+    assert client.get("/v2/health/ready").status_code == 200
+
+    good = project.registry.register(project.train(SPEC, build_world(project, seed=3)))
+    project.registry.set_alias("toy", "champion", good.version, reason="test")
+    deadline = time.monotonic() + 5
+    while predict(client)["model_version"] != good.version:
+        assert time.monotonic() < deadline, "the refresher stopped after the failed load"
+        time.sleep(0.05)
+
+
+def test_a_model_of_request_inputs_only_needs_no_entities(project: Project) -> None:
+    from dataclasses import replace
+
+    spec = replace(SPEC, model_name="plain", features=())
+    version = project.registry.register(project.train(spec, build_world(project)))
+    project.registry.set_alias("plain", "champion", version.version, reason="test")
+    from loopml.serving.endpoints import deploy
+
+    deploy(project.metadata, project.registry, "plain", "plain")
+    with TestClient(create_app(project)) as client:
+        response = client.post(
+            "/v1/endpoints/plain/predict", json={"entities": {}, "inputs": {"amount": 3.0, "channel": "app"}}
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["feature_statuses"] == {}

@@ -104,3 +104,10 @@ def test_unreachable_database_says_so(clock) -> None:
         store.begin() as conn,
     ):
         conn.execute(select(events_table))
+
+
+def test_last_keeps_the_newest_events_in_order(metadata: MetadataStore) -> None:
+    with metadata.begin() as conn:
+        for i in range(5):
+            metadata.record_event(conn, kind="k", subject=f"s{i}", reason="r")
+    assert [e.subject for e in metadata.events(last=2)] == ["s3", "s4"]

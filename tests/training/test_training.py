@@ -53,6 +53,10 @@ def test_bad_training_input_is_explained(project: Project) -> None:
     events = build_world(project)
     with pytest.raises(ValidationError, match="lacks column"):
         project.train(SPEC, events.drop(columns=["channel"]))
+    with pytest.raises(ValidationError, match="must hold 0/1"):
+        project.train(SPEC, events.assign(is_bad=events.is_bad * 2.5))
+    with pytest.raises(ValidationError, match="missing values"):
+        project.train(SPEC, events.assign(is_bad=events.is_bad.where(events.index > 0)))
     with pytest.raises(ValidationError, match="module:function"):
         TrainingSpec("m", (), (), "y", "not_a_factory")
 

@@ -14,7 +14,7 @@ from loopml.cli import models, monitor
 from loopml.cli.common import ProjectOption, console, err_console, open_project, parse_duration, parse_time
 from loopml.cli.definitions import collect
 from loopml.config import write_config
-from loopml.errors import LoopmlError
+from loopml.errors import LoopmlError, NotFoundError
 from loopml.features import Entity, FeatureView
 from loopml.features.registry import plan
 from loopml.loop.controller import Controller
@@ -52,8 +52,9 @@ def apply(
 ) -> None:
     """Register entities, feature views and retraining policies defined in Python: prints the plan, then applies."""
     project = open_project(project_dir)
-    objects = collect(project.path, Entity, files) + collect(project.path, FeatureView, files)
-    policies = collect(project.path, DriftRetrainPolicy, files)
+    found = collect(project.path, (Entity, FeatureView, DriftRetrainPolicy), files)
+    objects = [o for o in found if isinstance(o, Entity | FeatureView)]
+    policies = [o for o in found if isinstance(o, DriftRetrainPolicy)]
     if not objects and not policies:
         console.print(
             "No Entity, FeatureView or DriftRetrainPolicy found; define them in a .py file of the project."
@@ -94,16 +95,21 @@ def materialize(
 def train(
     model: str = typer.Argument(..., help="model_name of a TrainingSpec defined in the project's .py files."),
     data: Path = typer.Option(
-        ..., help="Parquet file of labelled entity rows (keys, timestamp, request inputs, label)."
+        ...,
+        exists=True,
+        dir_okay=False,
+        help="Parquet file of labelled entity rows (keys, timestamp, request inputs, label).",
     ),
     alias: str | None = typer.Option(None, help="Point this alias at the new version (e.g. champion)."),
     project_dir: Path = ProjectOption,
 ) -> None:
     """Train a model on a point-in-time training set and register the version."""
     project = open_project(project_dir)
-    specs = [s for s in collect(project.path, TrainingSpec) if s.model_name == model]
+    specs = [s for s in collect(project.path, (TrainingSpec,)) if s.model_name == model]
     if not specs:
-        raise LoopmlError(f"No TrainingSpec with model_name '{model}' in {project.path}/*.py.")
+        raise NotFoundError(
+            f"No TrainingSpec with model_name '{model}' in {project.path}/*.py; define one there."
+        )
     with console.status(f"training {model}"):
         trained = project.train(specs[0], pd.read_parquet(data))
         version = project.registry.register(trained, actor="cli")
@@ -150,14 +156,17 @@ def events(
     kind: str | None = typer.Option(None, help="Only this kind, e.g. alias.moved."),
     subject: str | None = typer.Option(None, help="Subjects starting with this, e.g. model:fraud."),
     since: str | None = typer.Option(None, help="From this ISO time."),
-    limit: int = typer.Option(50, help="At most this many, newest last."),
+    limit: int = typer.Option(50, min=1, help="Show the newest N, oldest first."),
     project_dir: Path = ProjectOption,
 ) -> None:
     """The event log: every state change with who, when, what and why."""
     project = open_project(project_dir)
     found = project.metadata.events(
-        kind=kind, subject_prefix=subject, since=None if since is None else parse_time(since, project)
-    )[-limit:]
+        kind=kind,
+        subject_prefix=subject,
+        since=None if since is None else parse_time(since, project),
+        last=limit,
+    )
     table = Table("time", "actor", "kind", "subject", "why")
     for e in found:
         table.add_row(e.ts.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.kind, e.subject, e.reason)

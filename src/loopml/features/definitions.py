@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -151,3 +152,14 @@ def parse_feature_ref(ref: str) -> tuple[str, str]:
     if not sep or not view or not feature:
         raise ValidationError(f"Feature reference {ref!r} must look like 'view_name:feature_name'.")
     return view, feature
+
+
+def group_feature_refs(refs: Sequence[str]) -> dict[str, list[str]]:
+    """'view:feature' references grouped by view, in first-seen order."""
+    if isinstance(refs, str):
+        raise ValidationError("features must be a list of 'view:feature' references, not one string.")
+    grouped: dict[str, list[str]] = {}
+    for ref in refs:
+        view, feature = parse_feature_ref(ref)
+        grouped.setdefault(view, []).append(feature)
+    return grouped

@@ -9,6 +9,7 @@ the latest created time. Entity rows with no match keep their place with nulls (
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
@@ -16,6 +17,7 @@ import pandas as pd
 
 from loopml.errors import ValidationError
 from loopml.features.definitions import FeatureView
+from loopml.storage.offline import sql_string
 
 ROW_ID = "__loopml_row"
 
@@ -29,7 +31,7 @@ def source_sql(view: FeatureView, base_dir: Path) -> str:
     path = Path(view.source.path)
     if not path.is_absolute():
         path = base_dir / path
-    return f"read_parquet('{path.as_posix()}', union_by_name=true)"
+    return f"read_parquet({sql_string(path.as_posix())}, union_by_name=true)"
 
 
 def duckdb_connection() -> duckdb.DuckDBPyConnection:
@@ -79,7 +81,7 @@ def _view_query(
     ts = quote(view.source.timestamp_field)
     entity_ts = f"e.{quote(timestamp_field)}"
     key_match = " AND ".join(f"f.{quote(k)} = e.{quote(k)}" for k in view.join_keys)
-    ttl_seconds = int(view.ttl.total_seconds())
+    ttl_micros = view.ttl // timedelta(microseconds=1)
     order = f"f.{ts} DESC"
     created_filter = ""
     if view.source.created_timestamp_field:
@@ -90,7 +92,7 @@ def _view_query(
     return (
         f"SELECT e.{ROW_ID}, {columns} FROM entity_df AS e JOIN {source_sql(view, base_dir)} AS f "
         f"ON {key_match} AND f.{ts}::TIMESTAMPTZ <= {entity_ts} "
-        f"AND f.{ts}::TIMESTAMPTZ >= {entity_ts} - INTERVAL {ttl_seconds} SECOND {created_filter} "
+        f"AND f.{ts}::TIMESTAMPTZ >= {entity_ts} - to_microseconds({ttl_micros}) {created_filter} "
         f"QUALIFY row_number() OVER (PARTITION BY e.{ROW_ID} ORDER BY {order}) = 1"
     )
 

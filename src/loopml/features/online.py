@@ -80,6 +80,8 @@ def read_online(
     full_feature_names: bool = False,
 ) -> OnlineFeatures:
     """Read every requested view for every entity row in one round trip; expired values read as None."""
+    if not requests:
+        return OnlineFeatures(entities={k: list(v) for k, v in entities.items()})
     lengths = {len(v) for v in entities.values()}
     if len(lengths) != 1:
         raise ValidationError(f"Entity columns must have equal lengths, got {sorted(lengths)}.")

@@ -38,7 +38,7 @@ def apply(
     """Store each definition, versioning changed ones; returns what happened to each."""
     changes = []
     with metadata.begin() as conn:
-        for obj in objects:
+        for obj in list(objects):
             change, spec, spec_hash = _change(conn, obj)
             changes.append(change)
             if change.action == "unchanged":
@@ -61,6 +61,8 @@ def apply(
                 reason=f"applied {change.kind} '{obj.name}' as version {change.version}",
                 data={"version": change.version},
             )
+        if any(change.action != "unchanged" for change in changes):
+            metadata.bump_change_counter(conn)  # servers re-read the views they fetch online
     return changes
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from loopml.errors import NotFoundError
 from loopml.loop.policy import DriftRetrainPolicy, list_policies, update_state
-from loopml.loop.retrain import retrain_and_gate
+from loopml.loop.retrain import prepare_retrain, retrain_and_gate
 from loopml.monitoring.model_drift import model_drift
 
 if TYPE_CHECKING:
@@ -114,20 +114,17 @@ class Controller:
                 **drift,
             )
 
-        outcome = retrain_and_gate(self.project, policy, champion, now, report.share)
-        if outcome.candidate is None:
-            return decide(
-                DEFERRED,
-                f"drift share {report.share:.2f}; retrain postponed: {outcome.reason}",
-                **drift,
-                **outcome.evidence,
-            )
+        data = prepare_retrain(self.project, policy, now)
+        if isinstance(data, str):
+            return decide(DEFERRED, f"drift share {report.share:.2f}; retrain postponed: {data}", **drift)
+        # Recorded before training: a retrain that fails still waits out the cooldown instead of repeating.
         update_state(self.project.metadata, policy.name, last_retrain_at=now)
-        action = PROMOTED if outcome.promoted else REJECTED
+        outcome = retrain_and_gate(self.project, policy, champion, data, report.share)
+        action = PROMOTED if outcome.gate.passed else REJECTED
         return decide(
             action,
             f"drift share {report.share:.2f} ({', '.join(report.drifted_features)}); retrained "
-            f"v{outcome.candidate.version}: {outcome.reason}",
+            f"v{outcome.candidate.version}: {outcome.gate.reason}",
             candidate_version=outcome.candidate.version,
             **drift,
             **outcome.evidence,

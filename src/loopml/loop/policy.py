@@ -107,10 +107,11 @@ def list_policies(metadata: MetadataStore) -> list[tuple[DriftRetrainPolicy, dic
 
 
 def get_policy(metadata: MetadataStore, name: str) -> tuple[DriftRetrainPolicy, dict[str, Any]]:
-    for policy, state in list_policies(metadata):
-        if policy.name == name:
-            return policy, state
-    raise NotFoundError(f"No policy named '{name}'; see `loopml policy list`.")
+    with metadata.begin() as conn:
+        row = conn.execute(select(policies.c.spec, policies.c.state).where(policies.c.name == name)).first()
+    if row is None:
+        raise NotFoundError(f"No policy named '{name}'; see `loopml policy list`.")
+    return DriftRetrainPolicy.from_spec(row.spec), row.state
 
 
 def update_state(metadata: MetadataStore, name: str, **changes: Any) -> None:

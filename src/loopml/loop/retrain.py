@@ -21,11 +21,19 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class RetrainData:
+    """Labelled predictions split into rows to fit on and the newest rows the gate judges on."""
+
+    spec: TrainingSpec
+    fit_rows: pd.DataFrame
+    gate_rows: pd.DataFrame
+    evidence: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class RetrainOutcome:
-    candidate: ModelVersion | None
-    gate: GateResult | None
-    promoted: bool
-    reason: str
+    candidate: ModelVersion
+    gate: GateResult
     evidence: dict[str, Any]
 
 
@@ -52,82 +60,79 @@ def score_version(
     return pd.Series(predict_scores(estimator, frame[version.inputs]), index=entity_df.index)
 
 
-def retrain_and_gate(
-    project: Project, policy: DriftRetrainPolicy, champion: ModelVersion, now: datetime, drift_share: float
-) -> RetrainOutcome:
+def prepare_retrain(project: Project, policy: DriftRetrainPolicy, now: datetime) -> RetrainData | str:
+    """The data a retrain would use, or why there is not enough of it yet."""
     spec = project.registry.training_spec(policy.model_name)
     labelled = read_labelled_predictions(
         project.offline, policy.endpoint, now - policy.training_window, now, labels_until=now
     )
     if len(labelled) == 0:
-        return RetrainOutcome(
-            None, None, False, "no labelled predictions to train on yet", {"labelled_rows": 0}
-        )
+        return "no labelled predictions to train on yet"
     frame = labelled_entity_frame(labelled, spec)
-    newest = frame[spec.timestamp_field].max()
-    evaluation_start = newest - policy.evaluation_window
+    evaluation_start = frame[spec.timestamp_field].max() - policy.evaluation_window
     fit_rows = frame[frame[spec.timestamp_field] < evaluation_start].reset_index(drop=True)
     gate_rows = frame[frame[spec.timestamp_field] >= evaluation_start].reset_index(drop=True)
-    evidence: dict[str, Any] = {
+    positives = int(gate_rows[spec.label].sum())
+    if len(gate_rows) < policy.min_evaluation_rows or positives < policy.min_evaluation_positives:
+        return (
+            f"too little labelled data to judge a candidate: {len(gate_rows)} recent rows with {positives} "
+            f"positives (need {policy.min_evaluation_rows} and {policy.min_evaluation_positives})"
+        )
+    if fit_rows[spec.label].nunique() < 2:
+        return "the training rows hold a single class; waiting for more labels"
+    evidence = {
         "labelled_rows": len(frame),
         "training_rows": len(fit_rows),
         "evaluation_rows": len(gate_rows),
         "evaluation_start": evaluation_start.isoformat(),
     }
-    positives = int(gate_rows[spec.label].sum())
-    if len(gate_rows) < policy.min_evaluation_rows or positives < policy.min_evaluation_positives:
-        return RetrainOutcome(
-            None,
-            None,
-            False,
-            f"too little labelled data to judge a candidate: {len(gate_rows)} recent rows with {positives} positives "
-            f"(need {policy.min_evaluation_rows} and {policy.min_evaluation_positives})",
-            evidence,
-        )
-    if fit_rows[spec.label].nunique() < 2:
-        return RetrainOutcome(
-            None, None, False, "the training rows hold a single class; waiting for more labels", evidence
-        )
+    return RetrainData(spec, fit_rows, gate_rows, evidence)
 
-    trained = project.train(spec, fit_rows)
+
+def retrain_and_gate(
+    project: Project,
+    policy: DriftRetrainPolicy,
+    champion: ModelVersion,
+    data: RetrainData,
+    drift_share: float,
+) -> RetrainOutcome:
+    """Train a candidate, judge it against the champion on the newest rows, promote it if it wins."""
+    actor = f"policy:{policy.name}"
+    trained = project.train(data.spec, data.fit_rows)
     candidate = project.registry.register(
         trained,
-        actor=f"policy:{policy.name}",
-        reason=f"retrained on {len(fit_rows)} labelled predictions after drift share {drift_share:.2f}",
+        actor=actor,
+        reason=f"retrained on {len(data.fit_rows)} labelled predictions after drift share {drift_share:.2f}",
     )
     project.registry.set_alias(
         policy.model_name,
         "challenger",
         candidate.version,
-        actor=f"policy:{policy.name}",
+        actor=actor,
         reason="candidate awaiting the evaluation gate",
     )
-    y = gate_rows[spec.label].to_numpy()
-    gate = evaluate_gate(
-        y,
-        score_version(project, candidate, gate_rows, spec.timestamp_field).to_numpy(),
-        score_version(project, champion, gate_rows, spec.timestamp_field).to_numpy(),
-        metric=policy.metric,
-        min_delta=policy.min_delta,
-        min_rows=policy.min_evaluation_rows,
-        min_positive=policy.min_evaluation_positives,
-    )
-    project.registry.record_gate(
-        policy.model_name, candidate.version, gate.to_dict(), actor=f"policy:{policy.name}"
-    )
-    if gate.passed:
-        project.registry.set_alias(
-            policy.model_name,
-            "champion",
-            candidate.version,
-            actor=f"policy:{policy.name}",
-            reason=f"promoted: {gate.reason}",
-            evidence={"gate": gate.to_dict(), "drift_share": drift_share},
+    outcome = "the gate did not finish"
+    try:
+        gate = evaluate_gate(
+            data.gate_rows[data.spec.label].to_numpy(),
+            score_version(project, candidate, data.gate_rows, data.spec.timestamp_field).to_numpy(),
+            score_version(project, champion, data.gate_rows, data.spec.timestamp_field).to_numpy(),
+            metric=policy.metric,
+            min_delta=policy.min_delta,
+            min_rows=policy.min_evaluation_rows,
+            min_positive=policy.min_evaluation_positives,
         )
-    project.registry.remove_alias(
-        policy.model_name,
-        "challenger",
-        actor=f"policy:{policy.name}",
-        reason="promoted to champion" if gate.passed else f"rejected by the gate: {gate.reason}",
-    )
-    return RetrainOutcome(candidate, gate, gate.passed, gate.reason, {**evidence, "gate": gate.to_dict()})
+        project.registry.record_gate(policy.model_name, candidate.version, gate.to_dict(), actor=actor)
+        if gate.passed:
+            project.registry.set_alias(
+                policy.model_name,
+                "champion",
+                candidate.version,
+                actor=actor,
+                reason=f"promoted: {gate.reason}",
+                evidence={"gate": gate.to_dict(), "drift_share": drift_share},
+            )
+        outcome = "promoted to champion" if gate.passed else f"rejected by the gate: {gate.reason}"
+    finally:
+        project.registry.remove_alias(policy.model_name, "challenger", actor=actor, reason=outcome)
+    return RetrainOutcome(candidate, gate, {**data.evidence, "gate": gate.to_dict()})

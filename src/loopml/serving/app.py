@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel, Field
 
 from loopml.errors import LoopmlError, NotFoundError, ValidationError
-from loopml.features.online import read_online
+from loopml.features.online import PRESENT, read_online
 from loopml.serving.prediction_log import LABEL_SCHEMA, LABELS, PREDICTION_SCHEMA, PREDICTIONS, BatchWriter
 from loopml.serving.router import LoadedModel, Router
 from loopml.training.evaluation import predict_scores
@@ -99,7 +99,10 @@ def create_app(project: Project) -> FastAPI:
         finally:
             refresher.cancel()
             for writer in writers.values():
-                writer.close()
+                try:
+                    writer.close()
+                except LoopmlError:
+                    logger.exception("Closing the %s writer failed", writer.dataset)
 
     app = FastAPI(title="loopml", version="0.1.0", lifespan=lifespan)
 
@@ -107,6 +110,12 @@ def create_app(project: Project) -> FastAPI:
     async def loopml_error(_: Request, exc: LoopmlError) -> JSONResponse:
         status = 404 if isinstance(exc, NotFoundError) else 400 if isinstance(exc, ValidationError) else 503
         return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("Unexpected error", exc_info=exc)
+        message = f"Internal error ({type(exc).__name__}: {exc}); see the server log."
+        return JSONResponse({"error": message}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -131,7 +140,8 @@ def create_app(project: Project) -> FastAPI:
         return _describe(name, _route(router, name))
 
     @app.post("/v1/endpoints/{name}/predict")
-    async def predict(name: str, body: PredictRequest) -> dict[str, Any]:
+    def predict(name: str, body: PredictRequest) -> dict[str, Any]:
+        """Score one request; a plain function, so FastAPI runs it off the event loop."""
         started = time.perf_counter()
         model = _route(router, name)
         now = project.clock.now()
@@ -152,7 +162,15 @@ def create_app(project: Project) -> FastAPI:
                 predict_scores(model.estimator, pd.DataFrame({c: [row[c]] for c in model.version.inputs}))[0]
             )
         except (ValueError, TypeError) as exc:
-            raise ValidationError(f"Model {model.version.ref} could not score these inputs: {exc}") from exc
+            absent = {k: v[0] for k, v in fetched.statuses.items() if v[0] != PRESENT}
+            hint = (
+                f" Features without a value for {body.entities}: {absent}; run `loopml materialize`."
+                if absent
+                else ""
+            )
+            raise ValidationError(
+                f"Model {model.version.ref} could not score these inputs: {exc}.{hint}"
+            ) from exc
         prediction_id = uuid.uuid4().hex
         latency = time.perf_counter() - started
         writers[PREDICTIONS].put(
@@ -242,6 +260,5 @@ async def _refresh_routes(router: Router) -> None:
         await asyncio.sleep(ROUTE_REFRESH_SECONDS)
         try:
             await asyncio.to_thread(router.refresh)
-        except LoopmlError as exc:
-            # Keep serving the last good routes; the next tick retries.
-            logger.warning("Route refresh failed: %s", exc)
+        except Exception:  # keep serving the last good routes; the next tick retries
+            logger.exception("Route refresh failed")

@@ -1,22 +1,26 @@
 """The prediction log and labels: written in batches by a background thread, read with DuckDB.
 
 The serving hot path only puts a record on a bounded queue. A writer thread turns batches into Parquet files
-partitioned by day; `flush()` waits until everything queued so far is on disk, and `close()` flushes before
-the server exits, so nothing acknowledged is lost. A full queue drops the record and counts the drop.
+partitioned by day; `flush()` waits until everything queued so far is on disk (or says why it is not), and
+`close()` flushes before the server exits. A full queue refuses the record and counts the drop.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
+from loopml.errors import StoreUnavailableError
 from loopml.storage.offline import OfflineStore
 
 logger = logging.getLogger(__name__)
@@ -43,8 +47,23 @@ LABEL_SCHEMA = pa.schema(
 )
 
 
+@dataclass
+class _FlushRequest:
+    done: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
+
+
+_STOP = object()
+_TICK = object()
+
+
 class BatchWriter:
-    """Appends records to an offline dataset in batches from a background thread."""
+    """Appends records to an offline dataset in batches from a background thread.
+
+    A batch is written when it holds `batch_size` records or its oldest record has waited `flush_seconds`.
+    A failed write keeps its records and is retried every `flush_seconds`; meanwhile the queue fills and
+    `put` starts refusing, so memory stays bounded and every loss is counted.
+    """
 
     def __init__(
         self,
@@ -58,7 +77,7 @@ class BatchWriter:
         on_drop: Callable[[], None] | None = None,
     ) -> None:
         self.offline, self.dataset, self.schema = offline, dataset, schema
-        self.batch_size, self.flush_seconds = batch_size, flush_seconds
+        self.batch_size, self.flush_seconds, self.max_pending = batch_size, flush_seconds, max_queue
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._on_drop = on_drop
         self.dropped = 0
@@ -76,54 +95,99 @@ class BatchWriter:
             else:
                 self._queue.put(record, timeout=timeout)
         except queue.Full:
-            self.dropped += 1
-            if self._on_drop is not None:
-                self._on_drop()
+            self._drop(1)
             return False
         return True
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Block until every record queued before this call is written."""
-        done = threading.Event()
-        self._queue.put(done, timeout=timeout)
-        if not done.wait(timeout):
-            raise TimeoutError(f"The {self.dataset} writer did not flush within {timeout} s.")
+        """Block until every record queued before this call is written; raise if that cannot be done."""
+        request = _FlushRequest()
+        try:
+            self._queue.put(request, timeout=timeout)
+        except queue.Full as exc:
+            raise StoreUnavailableError(
+                f"The {self.dataset} writer's queue stayed full for {timeout} s: the offline store at "
+                f"{self.offline.root} is not keeping up. Check that its disk is writable and not full."
+            ) from exc
+        if not request.done.wait(timeout):
+            raise StoreUnavailableError(
+                f"The {self.dataset} writer did not flush within {timeout} s; check the offline store at "
+                f"{self.offline.root}."
+            )
+        if request.error is not None:
+            raise StoreUnavailableError(
+                f"{self.dataset} records could not be written to {self.offline.root}: {request.error}. They are "
+                "kept in memory and retried; fix the offline store (disk space, permissions)."
+            )
 
-    def close(self) -> None:
-        self.flush()
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush, then stop the thread; records still unwritten after a failed flush are logged as lost."""
+        try:
+            self.flush(timeout)
+        finally:
+            try:
+                self._queue.put(_STOP, timeout=timeout)
+            except queue.Full:
+                logger.error("The %s writer could not be stopped: its queue stayed full", self.dataset)
+            self._thread.join(timeout)
 
     def _run(self) -> None:
-        batch: list[dict[str, Any]] = []
+        pending: list[dict[str, Any]] = []
+        deadline = math.inf
+        failing = False
         while True:
+            wait = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
             try:
-                item = self._queue.get(timeout=self.flush_seconds)
+                item = self._queue.get(timeout=wait)
             except queue.Empty:
-                item = "tick"
+                item = _TICK
             if isinstance(item, dict):
-                batch.append(item)
-                if len(batch) < self.batch_size:
+                if len(pending) >= self.max_pending:
+                    self._drop(1)
                     continue
-            self._write(batch)
-            batch = []
-            if isinstance(item, threading.Event):
-                item.set()
-            elif item is None:
+                if not pending:
+                    deadline = time.monotonic() + self.flush_seconds
+                pending.append(item)
+                full = len(pending) >= self.batch_size and not failing
+                if not full and time.monotonic() < deadline:
+                    continue
+            pending, error = self._write(pending)
+            failing = error is not None
+            deadline = time.monotonic() + self.flush_seconds if pending else math.inf
+            if isinstance(item, _FlushRequest):
+                item.error = error
+                item.done.set()
+            elif item is _STOP:
+                if pending:
+                    logger.error("%d %s records were never written and are lost", len(pending), self.dataset)
                 return
 
-    def _write(self, batch: list[dict[str, Any]]) -> None:
-        if not batch:
-            return
+    def _write(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+        """Write records day by day; returns the records still unwritten and the error that stopped them."""
         by_day: dict[str, list[dict[str, Any]]] = {}
-        for record in batch:
+        for record in records:
             by_day.setdefault(record["ts"].strftime("%Y-%m-%d"), []).append(record)
-        try:
-            for day, records in by_day.items():
-                table = pa.Table.from_pylist(records, schema=self.schema)
+        days = list(by_day)
+        for index, day in enumerate(days):
+            try:
+                table = pa.Table.from_pylist(by_day[day], schema=self.schema)
+            except (pa.ArrowException, TypeError, ValueError):
+                logger.exception("Dropping %d malformed %s records", len(by_day[day]), self.dataset)
+                self._drop(len(by_day[day]))
+                continue
+            try:
                 self.offline.append(self.dataset, table, partition=f"date={day}")
-        except Exception:
-            logger.exception("Writing %d %s records failed; they are lost", len(batch), self.dataset)
+            except OSError as exc:
+                remaining = [record for later in days[index:] for record in by_day[later]]
+                logger.error("Writing %d %s records failed (%s); retrying", len(remaining), self.dataset, exc)
+                return remaining, f"{type(exc).__name__}: {exc}"
+        return [], None
+
+    def _drop(self, count: int) -> None:
+        self.dropped += count
+        if self._on_drop is not None:
+            for _ in range(count):
+                self._on_drop()
 
 
 def read_predictions(offline: OfflineStore, endpoint: str, start: datetime, end: datetime) -> pd.DataFrame:
@@ -133,7 +197,7 @@ def read_predictions(offline: OfflineStore, endpoint: str, start: datetime, end:
     with offline.connect() as conn:
         conn.execute("SET TimeZone='UTC'")
         return conn.execute(
-            f"SELECT * FROM read_parquet('{offline.glob(PREDICTIONS)}', hive_partitioning=false) "
+            f"SELECT * FROM {offline.scan(PREDICTIONS)} "
             "WHERE endpoint = ? AND ts >= ? AND ts < ? ORDER BY ts, prediction_id",
             [endpoint, start, end],
         ).df()
@@ -150,12 +214,12 @@ def read_labelled_predictions(
         return conn.execute(
             f"""
             WITH latest AS (
-                SELECT prediction_id, label FROM read_parquet('{offline.glob(LABELS)}', hive_partitioning=false)
+                SELECT prediction_id, label FROM {offline.scan(LABELS)}
                 WHERE ts <= ?
                 QUALIFY row_number() OVER (PARTITION BY prediction_id ORDER BY ts DESC) = 1
             )
             SELECT p.*, latest.label
-            FROM read_parquet('{offline.glob(PREDICTIONS)}', hive_partitioning=false) AS p
+            FROM {offline.scan(PREDICTIONS)} AS p
             JOIN latest USING (prediction_id)
             WHERE p.endpoint = ? AND p.ts >= ? AND p.ts < ?
             ORDER BY p.ts, p.prediction_id

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from loopml.features.definitions import FeatureView, parse_feature_ref
+from loopml.features.definitions import FeatureView, group_feature_refs
 from loopml.features.registry import get_feature_view
 from loopml.registry.models import ModelRegistry, ModelVersion
-from loopml.serving.endpoints import list_endpoints
+from loopml.serving.endpoints import Endpoint, list_endpoints
 from loopml.storage.metadata import MetadataStore
 
 logger = logging.getLogger(__name__)
@@ -40,54 +39,59 @@ class Router:
         self.registry = registry
         self.routes: dict[str, LoadedModel] = {}
         self.seen_counter = -1
-        self._loaded: dict[tuple[str, int], LoadedModel] = {}
+        self._estimators: dict[tuple[str, int], tuple[ModelVersion, Any]] = {}
         self._lock = threading.Lock()
 
     def refresh(self, *, force: bool = False) -> bool:
-        """Reload routes if the change counter moved; returns whether anything was reloaded."""
+        """Reload routes if the change counter moved; returns whether anything was reloaded.
+
+        An endpoint whose new version cannot be loaded keeps serving the version it had.
+        """
         counter = self.metadata.change_counter()
         if counter == self.seen_counter and not force:
             return False
         with self._lock:
             routes = {}
             for endpoint in list_endpoints(self.metadata):
-                version_number = self.registry.get_alias(endpoint.model_name, endpoint.alias)
-                if version_number is None:
-                    logger.warning(
-                        "Endpoint %s: %s@%s is unset; not serving it",
-                        endpoint.name,
-                        endpoint.model_name,
-                        endpoint.alias,
+                try:
+                    route = self._route(endpoint)
+                except Exception:  # a broken version must not take the other endpoints down with it
+                    logger.exception(
+                        "Endpoint %s could not be reloaded; it keeps its current model", endpoint.name
                     )
-                    continue
-                routes[endpoint.name] = self._load(endpoint.model_name, version_number)
+                    route = self.routes.get(endpoint.name)
+                if route is not None:
+                    routes[endpoint.name] = route
             previous = self.routes
             self.routes = routes
             self.seen_counter = counter
             keep = {(m.version.model_name, m.version.version) for m in [*routes.values(), *previous.values()]}
-            self._loaded = {key: model for key, model in self._loaded.items() if key in keep}
+            self._estimators = {key: value for key, value in self._estimators.items() if key in keep}
         return True
 
-    def _load(self, model_name: str, version_number: int) -> LoadedModel:
-        key = (model_name, version_number)
-        if key not in self._loaded:
-            version = self.registry.get_version(model_name, version_number)
-            fetched = {parse_feature_ref(ref)[1] for ref in version.features}
-            self._loaded[key] = LoadedModel(
-                version=version,
-                estimator=self.registry.load(version),
-                feature_requests=_feature_requests(self.metadata, version.features),
-                request_features=tuple(name for name in version.inputs if name not in fetched),
+    def _route(self, endpoint: Endpoint) -> LoadedModel | None:
+        version_number = self.registry.get_alias(endpoint.model_name, endpoint.alias)
+        if version_number is None:
+            logger.warning(
+                "Endpoint %s: %s@%s is unset; not serving it",
+                endpoint.name,
+                endpoint.model_name,
+                endpoint.alias,
             )
+            return None
+        key = (endpoint.model_name, version_number)
+        if key not in self._estimators:
+            version = self.registry.get_version(*key)
+            self._estimators[key] = (version, self.registry.load(version))
             logger.info("Loaded %s", version.ref)
-        return self._loaded[key]
-
-
-def _feature_requests(
-    metadata: MetadataStore, refs: Sequence[str]
-) -> tuple[tuple[FeatureView, tuple[str, ...]], ...]:
-    grouped: dict[str, list[str]] = {}
-    for ref in refs:
-        view, feature = parse_feature_ref(ref)
-        grouped.setdefault(view, []).append(feature)
-    return tuple((get_feature_view(metadata, view), tuple(features)) for view, features in grouped.items())
+        version, estimator = self._estimators[key]
+        grouped = group_feature_refs(version.features)
+        fetched = {feature for features in grouped.values() for feature in features}
+        return LoadedModel(
+            version=version,
+            estimator=estimator,
+            feature_requests=tuple(
+                (get_feature_view(self.metadata, view), tuple(features)) for view, features in grouped.items()
+            ),
+            request_features=tuple(name for name in version.inputs if name not in fetched),
+        )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from pathlib import Path
 
 import fsspec
 
@@ -39,9 +38,6 @@ class ArtifactStore:
             handle.write(data)
         self.fs.mv(temporary, final)
         return digest
-
-    def put_file(self, path: Path) -> str:
-        return self.put(Path(path).read_bytes())
 
     def get(self, digest: str) -> bytes:
         """The bytes stored under `digest`, verified against it."""

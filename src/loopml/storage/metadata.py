@@ -86,6 +86,11 @@ class MetadataStore:
             with self.engine.begin() as conn:
                 yield conn
         except OperationalError as exc:
+            if "database is locked" in str(exc.orig):
+                raise StoreUnavailableError(
+                    f"Metadata store {self.url} is locked by another writer for over 30 s; retry, and check for a "
+                    "stuck loopml process holding it."
+                ) from exc
             raise StoreUnavailableError(
                 f"Metadata store {self.engine.url.render_as_string(hide_password=True)} failed: {exc.orig}. "
                 "Check that the database is running and the URL in loopml.yaml is right."
@@ -126,10 +131,10 @@ class MetadataStore:
         subject_prefix: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
-        limit: int | None = None,
+        last: int | None = None,
     ) -> list[Event]:
-        """Events in the order they happened, optionally filtered."""
-        query = select(events_table).order_by(events_table.c.id)
+        """Events in the order they happened, optionally filtered; `last` keeps only the newest N."""
+        query = select(events_table).order_by(events_table.c.id.desc() if last else events_table.c.id)
         if kind is not None:
             query = query.where(events_table.c.kind == kind)
         if subject_prefix is not None:
@@ -138,10 +143,11 @@ class MetadataStore:
             query = query.where(events_table.c.ts >= since)
         if until is not None:
             query = query.where(events_table.c.ts <= until)
-        if limit is not None:
-            query = query.limit(limit)
+        if last:
+            query = query.limit(last)
         with self.begin() as conn:
-            return [Event(**row._mapping) for row in conn.execute(query)]
+            found = [Event(**row._mapping) for row in conn.execute(query)]
+        return found[::-1] if last else found
 
     def bump_change_counter(self, conn: Connection) -> None:
         """Tell servers that routing-relevant state moved; they reload when the counter changes."""

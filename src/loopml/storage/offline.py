@@ -67,12 +67,18 @@ class OfflineStore:
         """A fresh in-memory DuckDB connection; the caller reads datasets through `glob()`."""
         return duckdb.connect()
 
-    def read(self, name: str, where: str = "", params: list | None = None) -> pd.DataFrame:
-        """Read a whole dataset (or a filtered part of it) into pandas; an absent dataset reads empty."""
+    def scan(self, name: str) -> str:
+        """A DuckDB table expression over every file of the dataset (safe to put into SQL)."""
+        return f"read_parquet({sql_string(self.glob(name))}, hive_partitioning=false, union_by_name=true)"
+
+    def read(self, name: str) -> pd.DataFrame:
+        """Read a whole dataset into pandas; an absent dataset reads as an empty frame."""
         if not self.exists(name):
             return pd.DataFrame()
-        sql = f"SELECT * FROM read_parquet('{self.glob(name)}', hive_partitioning=false, union_by_name=true)"
-        if where:
-            sql += f" WHERE {where}"
         with self.connect() as conn:
-            return conn.execute(sql, params or []).df()
+            return conn.execute(f"SELECT * FROM {self.scan(name)}").df()
+
+
+def sql_string(text: str) -> str:
+    """`text` as a single-quoted SQL string literal (DuckDB takes file paths only as literals)."""
+    return "'" + text.replace("'", "''") + "'"

@@ -124,7 +124,7 @@ def train(
     code = code_version(code_dir)
     run_id = tracker.start_run(spec.model_name, {"estimator": spec.estimator, **spec.params}, code)
     try:
-        training_set = get_features(entity_df, list(spec.features))
+        training_set = get_features(entity_df, list(spec.features)) if spec.features else entity_df.copy()
         snapshot = save_snapshot(
             metadata,
             offline,
@@ -138,6 +138,7 @@ def train(
             },
         )
         tracker.set_dataset(run_id, snapshot.id)
+        _check_binary_label(training_set, spec.label)
         fit_rows, validation_rows = time_split(training_set, spec.timestamp_field, spec.validation_fraction)
         estimator = build_estimator(spec)
         estimator.fit(fit_rows[spec.inputs], fit_rows[spec.label].astype(int))
@@ -150,3 +151,17 @@ def train(
         raise
     tracker.end_run(run_id)
     return TrainedModel(spec, estimator, run_id, snapshot, metrics, code)
+
+
+def _check_binary_label(frame: pd.DataFrame, label: str) -> None:
+    """The pipeline trains binary classifiers: labels must be 0 or 1, none missing."""
+    values = frame[label]
+    if values.isna().any():
+        raise ValidationError(
+            f"Label column '{label}' has {int(values.isna().sum())} missing values; drop or fill them."
+        )
+    unexpected = sorted(set(values.unique()) - {0, 1})
+    if unexpected:
+        raise ValidationError(
+            f"Label column '{label}' must hold 0/1 for a binary classifier; found {unexpected[:5]}."
+        )
