@@ -79,3 +79,23 @@ def test_gate_refuses_to_judge_on_too_little_data() -> None:
     y = np.array([0.0] * 300 + [1.0] * 5)
     result = evaluate_gate(y, y, 1 - y, min_positive=10)
     assert not result.passed and "not enough labelled data" in result.reason
+
+
+def test_recency_weights_halve_every_half_life_and_reach_the_estimator(project: Project) -> None:
+    from dataclasses import replace
+
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    from loopml.training.pipeline import _recency_weights
+
+    spec = replace(SPEC, recency_half_life_days=2.0)
+    rows = pd.DataFrame(
+        {"event_timestamp": pd.to_datetime(["2026-01-01", "2026-01-03", "2026-01-05"], utc=True)}
+    )
+    assert _recency_weights(LogisticRegression(), spec, rows)["sample_weight"].tolist() == [0.25, 0.5, 1.0]
+    assert _recency_weights(LogisticRegression(), SPEC, rows) == {}
+    trained = project.train(spec, build_world(project))
+    assert trained.metrics["roc_auc"] > 0.6
+    with pytest.raises(ValidationError, match="recency_half_life_days must be positive"):
+        replace(SPEC, recency_half_life_days=0)

@@ -44,6 +44,7 @@ class DemoConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     warmup_days: int = 30
     bootstrap_days: int = 21
+    recency_half_life_days: float | None = 7.0
     policy: dict[str, Any] = field(
         default_factory=lambda: {
             "drift_share_threshold": 0.3,
@@ -176,6 +177,7 @@ def _train_first_model(project: Project, world: World, config: DemoConfig) -> An
         request_features=demo_features.REQUEST_FEATURES,
         label="is_fraud",
         estimator="loopml.demo.model:make_estimator",
+        recency_half_life_days=config.recency_half_life_days,
     )
     entity_df = history[
         ["user_id", "merchant_id", "amount", "merchant_category", "event_timestamp", "is_fraud"]

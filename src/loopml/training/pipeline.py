@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from sklearn.pipeline import Pipeline
 
 from loopml.data.snapshots import Snapshot, save_snapshot
 from loopml.errors import ValidationError
@@ -37,6 +39,7 @@ class TrainingSpec:
     params: dict[str, Any] = field(default_factory=dict)
     timestamp_field: str = "event_timestamp"
     validation_fraction: float = 0.2
+    recency_half_life_days: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
@@ -46,6 +49,10 @@ class TrainingSpec:
         if ":" not in self.estimator:
             raise ValidationError(
                 f"estimator {self.estimator!r} must be 'module:function' returning an unfitted estimator."
+            )
+        if self.recency_half_life_days is not None and self.recency_half_life_days <= 0:
+            raise ValidationError(
+                f"recency_half_life_days must be positive (or None for equal weights), got {self.recency_half_life_days}."
             )
         if not 0 < self.validation_fraction < 1:
             raise ValidationError(
@@ -141,7 +148,11 @@ def train(
         _check_binary_label(training_set, spec.label)
         fit_rows, validation_rows = time_split(training_set, spec.timestamp_field, spec.validation_fraction)
         estimator = build_estimator(spec)
-        estimator.fit(fit_rows[spec.inputs], fit_rows[spec.label].astype(int))
+        estimator.fit(
+            fit_rows[spec.inputs],
+            fit_rows[spec.label].astype(int),
+            **_recency_weights(estimator, spec, fit_rows),
+        )
         metrics = classification_metrics(
             validation_rows[spec.label].to_numpy(), predict_scores(estimator, validation_rows[spec.inputs])
         )
@@ -165,3 +176,19 @@ def _check_binary_label(frame: pd.DataFrame, label: str) -> None:
         raise ValidationError(
             f"Label column '{label}' must hold 0/1 for a binary classifier; found {unexpected[:5]}."
         )
+
+
+def _recency_weights(estimator: Any, spec: TrainingSpec, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Sample weights halving every `recency_half_life_days` back from the newest row, as fit() keywords.
+
+    After the world changes, the newest rows say most about it; without a half-life every row counts alike.
+    """
+    if spec.recency_half_life_days is None:
+        return {}
+    times = pd.to_datetime(rows[spec.timestamp_field], utc=True)
+    age_days = ((times.max() - times) / pd.Timedelta(days=1)).to_numpy()
+    weights = 0.5 ** (age_days / spec.recency_half_life_days)
+    name = (
+        "sample_weight" if not isinstance(estimator, Pipeline) else f"{estimator.steps[-1][0]}__sample_weight"
+    )
+    return {name: weights}
