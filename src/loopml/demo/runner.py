@@ -23,6 +23,7 @@ from loopml.clock import FileClock
 from loopml.config import write_config
 from loopml.data.snapshots import get_snapshot
 from loopml.demo import features as demo_features
+from loopml.demo.report import write_report
 from loopml.demo.world import World, WorldConfig, generate
 from loopml.loop.controller import PROMOTED, Controller, Decision
 from loopml.loop.policy import DriftRetrainPolicy, save_policy
@@ -108,8 +109,6 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None) -
             days, served = _simulate(project, clock, world, config, client, console)
     finally:
         server.stop()
-
-    from loopml.demo.report import write_report  # the report needs the finished run
 
     change_date = world.day_start(config.world.change_day).date().isoformat()
     promotions = [
