@@ -75,3 +75,35 @@ def metadata(
     store.migrate()
     yield store
     store.dispose()
+
+
+REDIS_URL = os.environ.get("LOOPML_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of its own for one test on the real Redis, with its keys deleted afterwards."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        unavailable("Redis on 127.0.0.1:6379", exc)
+    prefix = f"loopml-test:{uuid.uuid4().hex[:12]}:"
+    try:
+        yield prefix
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def online_backend(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """loopml.yaml overrides that put the online store on SQLite or on the real Redis."""
+    if request.param == "sqlite":
+        return {"LOOPML_ONLINE__URL": f"sqlite:///{tmp_path / 'online-test.db'}"}
+    prefix = request.getfixturevalue("redis_prefix")
+    return {"LOOPML_ONLINE__URL": REDIS_URL, "LOOPML_ONLINE__KEY_PREFIX": prefix}

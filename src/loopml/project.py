@@ -20,7 +20,7 @@ from loopml.schema import register_all_tables
 from loopml.storage.artifacts import ArtifactStore
 from loopml.storage.metadata import MetadataStore
 from loopml.storage.offline import OfflineStore
-from loopml.storage.online import OnlineStore
+from loopml.storage.online import open_online_store
 from loopml.training.pipeline import TrainedModel, TrainingSpec, train
 
 
@@ -38,7 +38,10 @@ class Project:
         self.metadata.migrate()
         self.artifacts = ArtifactStore(self._local(self.config["artifacts"]["url"]))
         self.offline = OfflineStore(Path(self._local(self.config["offline"]["root"])))
-        self.online = OnlineStore(self._sqlite_url(self.config["online"]["url"]))
+        self.online = open_online_store(
+            self._sqlite_url(self.config["online"]["url"]),
+            key_prefix=self.config["online"].get("key_prefix") or f"loopml:{self.config['project']}:",
+        )
         self.registry = ModelRegistry(self.metadata, self.artifacts)
 
     # features

@@ -1,0 +1,61 @@
+"""One suite for every online store backend: SQLite and the real Redis must behave alike."""
+
+from collections.abc import Iterator
+
+import pytest
+
+from loopml.errors import ConfigError, StoreUnavailableError
+from loopml.storage.online import OnlineStore, RedisOnlineStore, open_online_store
+
+
+@pytest.fixture
+def store(online_backend: dict[str, str]) -> Iterator[OnlineStore]:
+    store = open_online_store(
+        online_backend["LOOPML_ONLINE__URL"], key_prefix=online_backend.get("LOOPML_ONLINE__KEY_PREFIX", "")
+    )
+    yield store
+    store.close()
+
+
+def test_last_write_wins_by_event_time_then_created_time(store: OnlineStore) -> None:
+    store.write("v", [("k", 100.0, 100.0, {"x": 1})])
+    store.write("v", [("k", 50.0, 200.0, {"x": 0})])  # an older event arriving late is ignored
+    assert store.read([("v", "k")])[("v", "k")].values == {"x": 1}
+    store.write("v", [("k", 100.0, 150.0, {"x": 2})])  # same event time, created later: wins
+    store.write("v", [("k", 100.0, 120.0, {"x": 9})])  # same event time, created earlier: ignored
+    store.write("v", [("k", 200.5, 200.5, {"x": 3})])
+    row = store.read([("v", "k")])[("v", "k")]
+    assert (row.event_ts, row.created_ts, row.values) == (200.5, 200.5, {"x": 3})
+
+
+def test_reads_many_keys_across_namespaces_and_omits_absent_ones(store: OnlineStore) -> None:
+    store.write("a", [("1", 1.0, 1.0, {"x": 1.5}), ("2", 1.0, 1.0, {"x": "two"})])
+    store.write("b", [("1", 2.0, 2.0, {"y": None, "z": True})])
+    found = store.read([("a", "1"), ("a", "2"), ("b", "1"), ("b", "9"), ("c", "1")])
+    assert set(found) == {("a", "1"), ("a", "2"), ("b", "1")}
+    assert found[("a", "2")].values == {"x": "two"}
+    assert found[("b", "1")].values == {"y": None, "z": True}
+    assert (store.count("a"), store.count("b"), store.count("c")) == (2, 1, 0)
+    assert store.read([]) == {}
+
+
+def test_large_batches_are_written_completely(store: OnlineStore) -> None:
+    rows = [(str(i), float(i), float(i), {"i": i}) for i in range(2500)]
+    assert store.write("big", rows) == 2500
+    found = store.read([("big", str(i)) for i in (0, 999, 1000, 2499)])
+    assert [found[("big", k)].values["i"] for k in ("0", "999", "1000", "2499")] == [0, 999, 1000, 2499]
+    assert store.count("big") == 2500
+
+
+def test_keys_with_separators_do_not_collide(store: OnlineStore) -> None:
+    store.write("v", [("1\x1f2", 1.0, 1.0, {"x": "a"}), ("1:2", 1.0, 1.0, {"x": "b"})])
+    found = store.read([("v", "1\x1f2"), ("v", "1:2")])
+    assert (found[("v", "1\x1f2")].values, found[("v", "1:2")].values) == ({"x": "a"}, {"x": "b"})
+
+
+def test_unknown_backends_and_unreachable_redis_are_explained() -> None:
+    with pytest.raises(ConfigError, match="not supported"):
+        open_online_store("memcached://x")
+    dead = RedisOnlineStore("redis://127.0.0.1:1/0", key_prefix="x:")
+    with pytest.raises(StoreUnavailableError, match="check that Redis is running"):
+        dead.read([("v", "k")])
