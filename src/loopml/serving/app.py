@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from loopml.errors import LoopmlError, NotFoundError, ValidationError
 from loopml.features.online import PRESENT, read_online
+from loopml.serving.feature_routes import feature_routes
 from loopml.serving.prediction_log import LABEL_SCHEMA, LABELS, PREDICTION_SCHEMA, PREDICTIONS, BatchWriter
 from loopml.serving.router import LoadedModel, Router
 from loopml.training.evaluation import predict_scores
@@ -105,6 +106,7 @@ def create_app(project: Project) -> FastAPI:
                     logger.exception("Closing the %s writer failed", writer.dataset)
 
     app = FastAPI(title="loopml", version="0.1.0", lifespan=lifespan)
+    app.include_router(feature_routes(project, router, metrics.registry))
 
     @app.exception_handler(LoopmlError)
     async def loopml_error(_: Request, exc: LoopmlError) -> JSONResponse:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loopml.features.definitions import FeatureView, group_feature_refs
-from loopml.features.registry import get_feature_view
+from loopml.features.registry import get_feature_view, list_feature_views
 from loopml.registry.models import ModelRegistry, ModelVersion
 from loopml.serving.endpoints import Endpoint, list_endpoints
 from loopml.storage.metadata import MetadataStore
@@ -38,6 +38,7 @@ class Router:
         self.metadata = metadata
         self.registry = registry
         self.routes: dict[str, LoadedModel] = {}
+        self.feature_views: dict[str, FeatureView] = {}
         self.seen_counter = -1
         self._estimators: dict[tuple[str, int], tuple[ModelVersion, Any]] = {}
         self._lock = threading.Lock()
@@ -64,6 +65,7 @@ class Router:
                     routes[endpoint.name] = route
             previous = self.routes
             self.routes = routes
+            self.feature_views = {view.name: view for view in list_feature_views(self.metadata)}
             self.seen_counter = counter
             keep = {(m.version.model_name, m.version.version) for m in [*routes.values(), *previous.values()]}
             self._estimators = {key: value for key, value in self._estimators.items() if key in keep}
