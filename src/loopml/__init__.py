@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 from loopml import monitoring
 from loopml.clock import Clock, SimulatedClock, SystemClock
 from loopml.errors import LoopmlError
-from loopml.features import Entity, FeatureView, Field, ParquetSource
+from loopml.features import Entity, FeatureService, FeatureView, Field, ParquetSource
 from loopml.loop import Controller, DriftRetrainPolicy
 from loopml.project import Project
 from loopml.training import TrainingSpec
@@ -20,6 +20,7 @@ __all__ = [
     "Controller",
     "DriftRetrainPolicy",
     "Entity",
+    "FeatureService",
     "FeatureView",
     "Field",
     "LoopmlError",

@@ -13,7 +13,7 @@ from loopml.clock import Clock, SystemClock, as_utc
 from loopml.config import load_config
 from loopml.features import historical, online
 from loopml.features import registry as feature_registry
-from loopml.features.definitions import Entity, FeatureView, group_feature_refs
+from loopml.features.definitions import Entity, FeatureService, FeatureView, group_feature_refs
 from loopml.features.registry import AppliedChange
 from loopml.registry.models import ModelRegistry
 from loopml.schema import register_all_tables
@@ -45,19 +45,21 @@ class Project:
         self.registry = ModelRegistry(self.metadata, self.artifacts)
 
     # features
-    def apply(self, objects: Iterable[Entity | FeatureView], actor: str = "loopml") -> list[AppliedChange]:
-        """Record entity and feature view definitions (like `feast apply`)."""
+    def apply(
+        self, objects: Iterable[Entity | FeatureView | FeatureService], actor: str = "loopml"
+    ) -> list[AppliedChange]:
+        """Record entity, feature view and feature service definitions (like `feast apply`)."""
         return feature_registry.apply(self.metadata, objects, actor)
 
     def get_historical_features(
         self,
         entity_df: pd.DataFrame,
-        features: Sequence[str],
+        features: Sequence[str] | FeatureService,
         *,
         timestamp_field: str = "event_timestamp",
         full_feature_names: bool = False,
     ) -> pd.DataFrame:
-        """Point-in-time correct features for each row of `entity_df`."""
+        """Point-in-time correct features for each row of `entity_df` (a list of 'view:feature' or a service)."""
         return historical.get_historical_features(
             entity_df,
             self._requests(features),
@@ -87,7 +89,7 @@ class Project:
     def get_online_features(
         self,
         entities: Mapping[str, Sequence[Any]],
-        features: Sequence[str],
+        features: Sequence[str] | FeatureService,
         *,
         full_feature_names: bool = False,
     ) -> online.OnlineFeatures:
@@ -99,6 +101,9 @@ class Project:
             now=self.clock.now(),
             full_feature_names=full_feature_names,
         )
+
+    def get_feature_service(self, name: str) -> FeatureService:
+        return feature_registry.get_feature_service(self.metadata, name)
 
     # training
     def train(self, spec: TrainingSpec, entity_df: pd.DataFrame) -> TrainedModel:
@@ -118,7 +123,9 @@ class Project:
         self.online.close()
         self.metadata.dispose()
 
-    def _requests(self, features: Sequence[str]) -> list[tuple[FeatureView, list[str]]]:
+    def _requests(self, features: Sequence[str] | FeatureService) -> list[tuple[FeatureView, list[str]]]:
+        if isinstance(features, FeatureService):
+            features = features.features
         return [
             (feature_registry.get_feature_view(self.metadata, view), names)
             for view, names in group_feature_refs(features).items()

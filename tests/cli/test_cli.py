@@ -10,6 +10,8 @@ from loopml.cli.main import app
 
 runner = CliRunner()
 COMMANDS = [
+    "features",
+    "datasets",
     "init",
     "apply",
     "materialize",
@@ -42,6 +44,10 @@ def test_help_lists_every_command() -> None:
         ["models", "history"],
         ["monitor", "drift"],
         ["policy", "list"],
+        ["features", "list"],
+        ["features", "show"],
+        ["datasets", "list"],
+        ["datasets", "show"],
     ],
 )
 def test_every_command_has_help_text(command: list[str]) -> None:
@@ -125,3 +131,10 @@ def test_train_models_deploy_policy_and_controller_from_the_command_line(tmp_pat
     assert "toy_drift" in run("policy", "list")
     assert "toy_drift: skipped: only 0 predictions" in " ".join(run("controller", "--once").split())
     assert "run.finished" in run("events", "--subject", "run:")
+    listed = run("features", "list")
+    assert "feature_view" in listed and "users" in listed and "join keys user_id" in listed
+    assert "ttl_seconds: 172800.0" in run("features", "show", "users")
+    snapshots = run("datasets", "list")
+    assert "toy-training" in snapshots
+    snapshot_id = Project(tmp_path).metadata.events(kind="dataset.snapshotted")[0].subject.split(":", 1)[1]
+    assert "content_hash" in run("datasets", "show", snapshot_id)

@@ -127,3 +127,32 @@ def test_source_paths_with_quotes_are_read_safely(project: Project) -> None:
     project.apply([USER, view])
     result = project.get_historical_features(entity_rows((1, "2026-01-01 01:00")), ["quoted:score"])
     assert result.score.tolist() == [7.0]
+
+
+def test_a_feature_service_names_what_training_and_serving_read(project: Project, user_view, clock) -> None:
+    from loopml.features import FeatureService
+
+    service = FeatureService(
+        "scorer", ["user_scores:score", "user_scores:label"], description="the scorer's inputs"
+    )
+    project.apply([service])
+    stored = project.get_feature_service("scorer")
+    assert stored == service
+    offline = project.get_historical_features(entity_rows((1, "2026-01-02 07:00")), stored)
+    assert (offline.score[0], offline.label[0]) == (2.5, "c")
+    project.materialize(end=ts("2026-01-02 07:00"))
+    clock.set(ts("2026-01-02 07:00"))
+    online = project.get_online_features({"user_id": [1]}, stored)
+    assert (online.values["score"], online.values["label"]) == ([2.5], ["c"])
+
+
+def test_a_service_must_reference_existing_features(project: Project, user_view) -> None:
+    from loopml.features import FeatureService
+
+    with pytest.raises(ValidationError, match="reads view 'ghost', which is not defined"):
+        project.apply([FeatureService("s", ["ghost:x"])])
+    with pytest.raises(ValidationError, match="has no feature 'nope'"):
+        project.apply([FeatureService("s", ["user_scores:nope"])])
+    with pytest.raises(ValidationError, match="lists no features"):
+        FeatureService("s", [])
+    assert project.metadata.events(kind="feature_service.created") == []

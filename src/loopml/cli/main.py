@@ -10,12 +10,12 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from loopml.cli import models, monitor
+from loopml.cli import features, models, monitor
 from loopml.cli.common import ProjectOption, console, err_console, open_project, parse_duration, parse_time
 from loopml.cli.definitions import collect
 from loopml.config import write_config
 from loopml.errors import LoopmlError, NotFoundError
-from loopml.features import Entity, FeatureView
+from loopml.features import Entity, FeatureService, FeatureView
 from loopml.features.registry import plan
 from loopml.loop.controller import Controller
 from loopml.loop.policy import DriftRetrainPolicy, list_policies, save_policy
@@ -29,6 +29,8 @@ app = typer.Typer(
 )
 app.add_typer(models.app, name="models")
 app.add_typer(monitor.app, name="monitor")
+app.add_typer(features.features_app, name="features")
+app.add_typer(features.datasets_app, name="datasets")
 policy_app = typer.Typer(help="Retraining policies.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 
@@ -50,14 +52,14 @@ def apply(
     files: list[Path] | None = typer.Argument(None, help="Definition files (default: the project's *.py)."),
     project_dir: Path = ProjectOption,
 ) -> None:
-    """Register entities, feature views and retraining policies defined in Python: prints the plan, then applies."""
+    """Register entities, feature views, feature services and policies defined in Python: prints the plan, then applies."""
     project = open_project(project_dir)
-    found = collect(project.path, (Entity, FeatureView, DriftRetrainPolicy), files)
-    objects = [o for o in found if isinstance(o, Entity | FeatureView)]
+    found = collect(project.path, (Entity, FeatureView, FeatureService, DriftRetrainPolicy), files)
+    objects = [o for o in found if isinstance(o, Entity | FeatureView | FeatureService)]
     policies = [o for o in found if isinstance(o, DriftRetrainPolicy)]
     if not objects and not policies:
         console.print(
-            "No Entity, FeatureView or DriftRetrainPolicy found; define them in a .py file of the project."
+            "No Entity, FeatureView, FeatureService or DriftRetrainPolicy found; define them in a .py file of the project."
         )
         raise typer.Exit(1)
     table = Table("action", "kind", "name", "version")

@@ -100,6 +100,15 @@ def get_snapshot(metadata: MetadataStore, snapshot_id: str) -> Snapshot:
     return Snapshot(**row._mapping)
 
 
+def list_snapshots(metadata: MetadataStore, name: str | None = None) -> list[Snapshot]:
+    """Every snapshot (of one name, if given), newest first."""
+    query = select(datasets).order_by(datasets.c.created_at.desc())
+    if name is not None:
+        query = query.where(datasets.c.name == name)
+    with metadata.begin() as conn:
+        return [Snapshot(**row._mapping) for row in conn.execute(query)]
+
+
 def load_snapshot(metadata: MetadataStore, offline: OfflineStore, snapshot_id: str) -> pd.DataFrame:
     """Read a snapshot back after checking its file against the recorded sha256."""
     snapshot = get_snapshot(metadata, snapshot_id)

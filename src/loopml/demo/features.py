@@ -8,7 +8,7 @@ from datetime import timedelta
 import duckdb
 import pandas as pd
 
-from loopml.features import Entity, FeatureView, Field, ParquetSource
+from loopml.features import Entity, FeatureService, FeatureView, Field, ParquetSource
 
 USER = Entity("user", join_keys=["user_id"], description="A card holder.")
 MERCHANT = Entity("merchant", join_keys=["merchant_id"], description="A card acceptor.")
@@ -29,13 +29,17 @@ MERCHANT_STATS = FeatureView(
     ttl=timedelta(days=2),
     description="Share of a merchant's labelled transactions of the last 30 days that were fraud (smoothed).",
 )
-DEFINITIONS = [USER, MERCHANT, USER_STATS, MERCHANT_STATS]
-FEATURES = (
-    "user_stats:spend_7d",
-    "user_stats:txn_count_1d",
-    "user_stats:avg_amount_30d",
-    "merchant_stats:fraud_rate_30d",
+FRAUD_SERVICE = FeatureService(
+    "fraud_detector",
+    [
+        "user_stats:spend_7d",
+        "user_stats:txn_count_1d",
+        "user_stats:avg_amount_30d",
+        "merchant_stats:fraud_rate_30d",
+    ],
+    description="What the fraud model reads, in training and in serving.",
 )
+DEFINITIONS = [USER, MERCHANT, USER_STATS, MERCHANT_STATS, FRAUD_SERVICE]
 REQUEST_FEATURES = ("amount", "merchant_category")
 
 _USER_SQL = """

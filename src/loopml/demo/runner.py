@@ -172,7 +172,7 @@ def _train_first_model(project: Project, world: World, config: DemoConfig) -> An
     ]
     spec = TrainingSpec(
         model_name=MODEL,
-        features=demo_features.FEATURES,
+        features=demo_features.FRAUD_SERVICE.features,
         request_features=demo_features.REQUEST_FEATURES,
         label="is_fraud",
         estimator="loopml.demo.model:make_estimator",

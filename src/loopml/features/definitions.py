@@ -146,6 +146,38 @@ class FeatureView:
         )
 
 
+@dataclass(frozen=True)
+class FeatureService:
+    """The named set of features one model reads, so training and serving ask for exactly the same."""
+
+    name: str
+    features: tuple[str, ...]
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_identifier("FeatureService", self.name)
+        refs = tuple(self.features)
+        if not refs:
+            raise ValidationError(
+                f"FeatureService '{self.name}' lists no features; add 'view:feature' references."
+            )
+        group_feature_refs(refs)
+        object.__setattr__(self, "features", refs)
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "features": list(self.features),
+            "description": self.description,
+            "tags": dict(self.tags),
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> FeatureService:
+        return cls(spec["name"], tuple(spec["features"]), spec.get("description", ""), spec.get("tags", {}))
+
+
 def parse_feature_ref(ref: str) -> tuple[str, str]:
     """Split 'view:feature' into its parts."""
     view, sep, feature = ref.partition(":")

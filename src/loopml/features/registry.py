@@ -5,17 +5,18 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import Connection, func, insert, select
 
 from loopml.errors import NotFoundError, ValidationError
-from loopml.features.definitions import Entity, FeatureView
+from loopml.features.definitions import Entity, FeatureService, FeatureView, group_feature_refs
 from loopml.features.tables import feature_definitions
 from loopml.storage.metadata import MetadataStore
 
-Definition = Entity | FeatureView
+Definition = Entity | FeatureView | FeatureService
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,11 @@ def apply(
     metadata: MetadataStore, objects: Iterable[Definition], actor: str = "loopml"
 ) -> list[AppliedChange]:
     """Store each definition, versioning changed ones; returns what happened to each."""
+    objects = list(objects)
     changes = []
     with metadata.begin() as conn:
-        for obj in list(objects):
+        _check_services(conn, objects)
+        for obj in objects:
             change, spec, spec_hash = _change(conn, obj)
             changes.append(change)
             if change.action == "unchanged":
@@ -83,38 +86,99 @@ def _change(conn: Connection, obj: Definition) -> tuple[AppliedChange, dict[str,
     return AppliedChange(kind, obj.name, "update", latest.version + 1), spec, spec_hash
 
 
+@dataclass(frozen=True)
+class StoredDefinition:
+    kind: str
+    name: str
+    version: int
+    spec: dict[str, Any]
+    created_at: datetime
+
+
 def get_feature_view(metadata: MetadataStore, name: str) -> FeatureView:
     """The newest applied version of a feature view."""
-    with metadata.begin() as conn:
-        spec = conn.execute(
-            select(feature_definitions.c.spec)
-            .where(feature_definitions.c.kind == "feature_view", feature_definitions.c.name == name)
-            .order_by(feature_definitions.c.version.desc())
-            .limit(1)
-        ).scalar()
-    if spec is None:
-        raise NotFoundError(f"No feature view named '{name}'; define it and run `loopml apply` first.")
-    return FeatureView.from_spec(spec)
+    return FeatureView.from_spec(_latest(metadata, "feature_view", name).spec)
+
+
+def get_feature_service(metadata: MetadataStore, name: str) -> FeatureService:
+    """The newest applied version of a feature service."""
+    return FeatureService.from_spec(_latest(metadata, "feature_service", name).spec)
 
 
 def list_feature_views(metadata: MetadataStore) -> list[FeatureView]:
+    return [FeatureView.from_spec(d.spec) for d in list_definitions(metadata, "feature_view")]
+
+
+def list_definitions(metadata: MetadataStore, kind: str | None = None) -> list[StoredDefinition]:
+    """The newest version of every applied definition (of one kind, if given), by kind and name."""
     newest = (
-        select(feature_definitions.c.name, func.max(feature_definitions.c.version).label("version"))
-        .where(feature_definitions.c.kind == "feature_view")
-        .group_by(feature_definitions.c.name)
+        select(
+            feature_definitions.c.kind,
+            feature_definitions.c.name,
+            func.max(feature_definitions.c.version).label("version"),
+        )
+        .group_by(feature_definitions.c.kind, feature_definitions.c.name)
         .subquery()
     )
+    query = (
+        select(feature_definitions)
+        .join(
+            newest,
+            (feature_definitions.c.kind == newest.c.kind)
+            & (feature_definitions.c.name == newest.c.name)
+            & (feature_definitions.c.version == newest.c.version),
+        )
+        .order_by(feature_definitions.c.kind, feature_definitions.c.name)
+    )
+    if kind is not None:
+        query = query.where(feature_definitions.c.kind == kind)
+    with metadata.begin() as conn:
+        return [
+            StoredDefinition(row.kind, row.name, row.version, row.spec, row.created_at)
+            for row in conn.execute(query)
+        ]
+
+
+def definition_versions(metadata: MetadataStore, kind: str, name: str) -> list[StoredDefinition]:
+    """Every applied version of one definition, oldest first."""
     with metadata.begin() as conn:
         rows = conn.execute(
-            select(feature_definitions.c.spec)
-            .join(
-                newest,
-                (feature_definitions.c.name == newest.c.name)
-                & (feature_definitions.c.version == newest.c.version),
-            )
-            .where(feature_definitions.c.kind == "feature_view")
-        )
-        return [FeatureView.from_spec(row.spec) for row in rows]
+            select(feature_definitions)
+            .where(feature_definitions.c.kind == kind, feature_definitions.c.name == name)
+            .order_by(feature_definitions.c.version)
+        ).all()
+    if not rows:
+        raise NotFoundError(f"No {kind.replace('_', ' ')} named '{name}'; define it and run `loopml apply`.")
+    return [StoredDefinition(r.kind, r.name, r.version, r.spec, r.created_at) for r in rows]
+
+
+def _check_services(conn: Connection, objects: list[Definition]) -> None:
+    """Every feature a service lists must exist in a view applied now or before."""
+    views = {o.name: o for o in objects if isinstance(o, FeatureView)}
+    for service in (o for o in objects if isinstance(o, FeatureService)):
+        for view_name, features in group_feature_refs(service.features).items():
+            view = views.get(view_name)
+            if view is None:
+                spec = conn.execute(
+                    select(feature_definitions.c.spec)
+                    .where(
+                        feature_definitions.c.kind == "feature_view", feature_definitions.c.name == view_name
+                    )
+                    .order_by(feature_definitions.c.version.desc())
+                    .limit(1)
+                ).scalar()
+                if spec is None:
+                    raise ValidationError(
+                        f"FeatureService '{service.name}' reads view '{view_name}', which is not defined; "
+                        "apply the view with it or fix the reference."
+                    )
+                view = FeatureView.from_spec(spec)
+            for feature in features:
+                view.dtype_of(feature)
+
+
+def _latest(metadata: MetadataStore, kind: str, name: str) -> StoredDefinition:
+    return definition_versions(metadata, kind, name)[-1]
 
 
 def _kind_of(obj: object) -> str:
@@ -122,4 +186,8 @@ def _kind_of(obj: object) -> str:
         return "feature_view"
     if isinstance(obj, Entity):
         return "entity"
-    raise ValidationError(f"Cannot apply {obj!r}; apply takes Entity and FeatureView objects.")
+    if isinstance(obj, FeatureService):
+        return "feature_service"
+    raise ValidationError(
+        f"Cannot apply {obj!r}; apply takes Entity, FeatureView and FeatureService objects."
+    )
