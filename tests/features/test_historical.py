@@ -1,5 +1,6 @@
 from datetime import timedelta
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -156,3 +157,59 @@ def test_a_service_must_reference_existing_features(project: Project, user_view)
     with pytest.raises(ValidationError, match="lists no features"):
         FeatureService("s", [])
     assert project.metadata.events(kind="feature_service.created") == []
+
+
+def brute_force(entities: pd.DataFrame, rows: pd.DataFrame, ttl: timedelta) -> list[float | None]:
+    """The definition, applied row by row: the reference the set-based join must equal."""
+    answers = []
+    for e in entities.itertuples():
+        known = rows[
+            (rows.user_id == e.user_id)
+            & (rows.event_timestamp <= e.event_timestamp)
+            & (rows.created_timestamp <= e.event_timestamp)
+            & (rows.event_timestamp >= e.event_timestamp - ttl)
+        ]
+        best = known.sort_values(["event_timestamp", "created_timestamp"]).tail(1)
+        answers.append(None if best.empty else float(best.score.iloc[0]))
+    return answers
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_join_equals_the_row_by_row_definition_on_random_data(project: Project, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    start = ts("2026-01-01")
+    n = 300
+    event = start + pd.to_timedelta(rng.integers(0, 10 * 24, n), unit="h")  # hourly grid: many equal times
+    late = rng.random(n) < 0.2  # a fifth are backfills written days later
+    delay = pd.to_timedelta(np.where(late, rng.integers(24, 120, n), rng.integers(0, 3, n)), unit="h")
+    # Equal event times stay, but exact duplicates of (user, event, created) would have no defined winner.
+    delay += pd.to_timedelta(np.arange(n), unit="s")
+    rows = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 6, n),
+            "event_timestamp": event,
+            "created_timestamp": event + delay,
+            "score": rng.random(n).round(6),
+        }
+    )
+    path = write_source(project, f"random{seed}", rows)
+    ttl = timedelta(hours=int(rng.integers(6, 72)))
+    view = FeatureView(
+        f"random{seed}",
+        [USER],
+        ParquetSource(path, "event_timestamp", "created_timestamp"),
+        [Field("score")],
+        ttl=ttl,
+    )
+    project.apply([USER, view])
+    entities = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 7, 400),  # user 6 has no rows at all
+            "event_timestamp": start + pd.to_timedelta(rng.integers(0, 12 * 24, 400), unit="h"),
+        }
+    )
+    result = project.get_historical_features(entities, [f"random{seed}:score"])
+    expected = brute_force(entities, rows, ttl)
+    got = [None if pd.isna(v) else float(v) for v in result.score]
+    assert got == expected
+    assert sum(v is not None for v in expected) > 50  # the data exercises real matches

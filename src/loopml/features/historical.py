@@ -3,7 +3,8 @@
 For each entity row and each requested view: the feature row with the same join keys whose event time is at
 or before the entity row's time and no older than the view's ttl, created no later than the entity row's time
 (so a backfill written afterwards cannot leak into the past), the latest event time winning and ties going to
-the latest created time. Entity rows with no match keep their place with nulls (a LEFT join).
+the latest created time. Entity rows with no match keep their place with nulls (a LEFT join). The work is
+window functions and an ASOF join in DuckDB, reading only the rows of keys present in the entity frame.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def get_historical_features(
     for index, (view, features) in enumerate(requests):
         alias = f"v{index}"
         outputs = [(f, f"{view.name}__{f}" if full_feature_names else f) for f in features]
-        ctes.append(f"{alias} AS ({_view_query(view, outputs, base_dir, timestamp_field)})")
+        ctes.extend(_view_ctes(alias, view, outputs, base_dir, timestamp_field))
         selects.extend(f"{alias}.{quote(out)}" for _, out in outputs)
         joins.append(f"LEFT JOIN {alias} USING ({ROW_ID})")
 
@@ -75,26 +76,46 @@ def get_historical_features(
     return result
 
 
-def _view_query(
-    view: FeatureView, outputs: Sequence[tuple[str, str]], base_dir: Path, timestamp_field: str
-) -> str:
-    ts = quote(view.source.timestamp_field)
-    entity_ts = f"e.{quote(timestamp_field)}"
-    key_match = " AND ".join(f"f.{quote(k)} = e.{quote(k)}" for k in view.join_keys)
-    ttl_micros = view.ttl // timedelta(microseconds=1)
-    order = f"f.{ts} DESC"
-    created_filter = ""
-    if view.source.created_timestamp_field:
-        created = quote(view.source.created_timestamp_field)
-        order += f", f.{created} DESC"
-        created_filter = f"AND f.{created}::TIMESTAMPTZ <= {entity_ts}"
-    columns = ", ".join(f"f.{quote(feature)} AS {quote(out)}" for feature, out in outputs)
-    return (
-        f"SELECT e.{ROW_ID}, {columns} FROM entity_df AS e JOIN {source_sql(view, base_dir)} AS f "
-        f"ON {key_match} AND f.{ts}::TIMESTAMPTZ <= {entity_ts} "
-        f"AND f.{ts}::TIMESTAMPTZ >= {entity_ts} - to_microseconds({ttl_micros}) {created_filter} "
-        f"QUALIFY row_number() OVER (PARTITION BY e.{ROW_ID} ORDER BY {order}) = 1"
+def _view_ctes(
+    alias: str, view: FeatureView, outputs: Sequence[tuple[str, str]], base_dir: Path, timestamp_field: str
+) -> list[str]:
+    """CTEs resolving each entity row to its point-in-time row of `view`; `alias` holds the result.
+
+    A feature row becomes known at avail = greatest(event time, created time). Per key, in avail order, the
+    running best row by (event time, created time) is the answer for any moment from that avail on, so one
+    ASOF join on avail <= entity time finds it. If that best row is older than the ttl, every other known row
+    is older still, and the features are null.
+    """
+    keys = [quote(k) for k in view.join_keys]
+    ts = f"f.{quote(view.source.timestamp_field)}::TIMESTAMPTZ"
+    created = (
+        f"f.{quote(view.source.created_timestamp_field)}::TIMESTAMPTZ"
+        if view.source.created_timestamp_field
+        else ts
     )
+    features = [quote(feature) for feature, _ in outputs]
+    key_list = ", ".join(keys)
+    semi = " AND ".join(f"f.{k} = k.{k}" for k in keys)
+    ttl_micros = view.ttl // timedelta(microseconds=1)
+    entity_ts = f"e.{quote(timestamp_field)}"
+    return [
+        f"{alias}_rows AS (SELECT {', '.join(f'f.{k}' for k in keys)}, {ts} AS __ts, {created} AS __created, "
+        f"greatest({ts}, {created}) AS __avail, {', '.join(f'f.{c}' for c in features)}, "
+        f"row_number() OVER (PARTITION BY {', '.join(f'f.{k}' for k in keys)} ORDER BY {ts}, {created}) AS __rank "
+        f"FROM {source_sql(view, base_dir)} AS f SEMI JOIN (SELECT DISTINCT {key_list} FROM entity_df) AS k ON {semi})",
+        f"{alias}_best AS (SELECT {key_list}, __avail, max(__rank) OVER (PARTITION BY {key_list} ORDER BY __avail "
+        f"RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __best FROM {alias}_rows)",
+        f"{alias}_known AS (SELECT b.__avail, r.* EXCLUDE (__avail, __rank, __created) FROM {alias}_best AS b "
+        f"JOIN {alias}_rows AS r ON {' AND '.join(f'b.{k} = r.{k}' for k in keys)} AND r.__rank = b.__best)",
+        f"{alias} AS (SELECT e.{ROW_ID}, "
+        + ", ".join(
+            f"CASE WHEN p.__ts >= {entity_ts} - to_microseconds({ttl_micros}) THEN p.{quote(feature)} END AS {quote(out)}"
+            for feature, out in outputs
+        )
+        + f" FROM entity_df AS e ASOF LEFT JOIN {alias}_known AS p ON "
+        + " AND ".join(f"e.{k} = p.{k}" for k in keys)
+        + f" AND {entity_ts} >= p.__avail)",
+    ]
 
 
 def _validate(
