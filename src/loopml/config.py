@@ -23,7 +23,12 @@ DEFAULTS: dict[str, Any] = {
     "project": "loopml",
     "metadata": {"url": "sqlite:///.loopml/metadata.db"},
     "artifacts": {"url": ".loopml/artifacts"},
-    "offline": {"root": ".loopml/offline"},
+    # DuckDB spills to the temp directory past the memory limit instead of growing to most of the RAM.
+    "offline": {
+        "root": ".loopml/offline",
+        "duckdb_memory_limit": "3GB",
+        "duckdb_temp_directory": ".loopml/duckdb-tmp",
+    },
     "online": {"url": "sqlite:///.loopml/online.db"},
     "serving": {"host": "127.0.0.1", "port": 8700, "log_batch_size": 500, "log_flush_seconds": 1.0},
 }

@@ -37,7 +37,14 @@ class Project:
         self.metadata = MetadataStore(self._sqlite_url(self.config["metadata"]["url"]), self.clock)
         self.metadata.migrate()
         self.artifacts = ArtifactStore(self._local(self.config["artifacts"]["url"]))
-        self.offline = OfflineStore(Path(self._local(self.config["offline"]["root"])))
+        offline = self.config["offline"]
+        self.offline = OfflineStore(
+            Path(self._local(offline["root"])),
+            memory_limit=offline.get("duckdb_memory_limit"),
+            temp_directory=Path(self._local(offline["duckdb_temp_directory"]))
+            if offline.get("duckdb_temp_directory")
+            else None,
+        )
         self.online = open_online_store(
             self._sqlite_url(self.config["online"]["url"]),
             key_prefix=self.config["online"].get("key_prefix") or f"loopml:{self.config['project']}:",
@@ -66,6 +73,7 @@ class Project:
             base_dir=self.path,
             timestamp_field=timestamp_field,
             full_feature_names=full_feature_names,
+            connect=self.offline.connect,
         )
 
     def materialize(
@@ -82,7 +90,7 @@ class Project:
                 continue
             view_start = as_utc(start) if start is not None else end - view.ttl
             written[view.name] = online.materialize_view(
-                view, self.online, base_dir=self.path, start=view_start, end=end
+                view, self.online, base_dir=self.path, start=view_start, end=end, connect=self.offline.connect
             )
         return written
 

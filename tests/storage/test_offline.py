@@ -19,3 +19,16 @@ def test_offline_append_and_read_back(tmp_path: Path) -> None:
 def test_offline_refuses_paths_outside_the_root(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="not allowed"):
         OfflineStore(tmp_path).dataset_dir("../outside")
+
+
+def test_duckdb_connections_follow_the_configured_limits(tmp_path: Path) -> None:
+    store = OfflineStore(tmp_path / "offline", memory_limit="512MB", temp_directory=tmp_path / "spill")
+    with store.connect() as conn:
+        settings = dict(
+            conn.execute(
+                "SELECT name, value FROM duckdb_settings() WHERE name IN ('memory_limit', 'TimeZone', 'temp_directory')"
+            ).fetchall()
+        )
+    assert settings["TimeZone"] == "UTC"
+    assert settings["memory_limit"] == "488.2 MiB"  # 512 MB, shown in MiB
+    assert settings["temp_directory"] == str(tmp_path / "spill")

@@ -9,7 +9,7 @@ window functions and an ASOF join in DuckDB, reading only the rows of keys prese
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import pandas as pd
 
 from loopml.errors import ValidationError
 from loopml.features.definitions import FeatureView
-from loopml.storage.offline import sql_string
+from loopml.storage.offline import duckdb_connection, sql_string
 
 ROW_ID = "__loopml_row"
 
@@ -35,13 +35,6 @@ def source_sql(view: FeatureView, base_dir: Path) -> str:
     return f"read_parquet({sql_string(path.as_posix())}, union_by_name=true)"
 
 
-def duckdb_connection() -> duckdb.DuckDBPyConnection:
-    """DuckDB with UTC as its zone, so naive timestamps in sources are read as UTC."""
-    conn = duckdb.connect()
-    conn.execute("SET TimeZone='UTC'")
-    return conn
-
-
 def get_historical_features(
     entity_df: pd.DataFrame,
     requests: Sequence[tuple[FeatureView, Sequence[str]]],
@@ -49,6 +42,7 @@ def get_historical_features(
     base_dir: Path,
     timestamp_field: str = "event_timestamp",
     full_feature_names: bool = False,
+    connect: Callable[[], duckdb.DuckDBPyConnection] = duckdb_connection,
 ) -> pd.DataFrame:
     """Join the requested features onto `entity_df` as of each row's timestamp; row order is kept."""
     _validate(entity_df, requests, timestamp_field, full_feature_names)
@@ -68,7 +62,7 @@ def get_historical_features(
         f"WITH {', '.join(ctes)} "
         f"SELECT e.*, {', '.join(selects)} FROM entity_df AS e {' '.join(joins)} ORDER BY e.{ROW_ID}"
     )
-    with duckdb_connection() as conn:
+    with connect() as conn:
         conn.register("entity_df", entity)
         result = conn.execute(sql).df()
     result = result.drop(columns=[ROW_ID])

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pandas as pd
 
 from loopml.errors import ValidationError
 from loopml.features.definitions import FeatureView
-from loopml.features.historical import duckdb_connection, quote, source_sql
+from loopml.features.historical import quote, source_sql
+from loopml.storage.offline import duckdb_connection
 from loopml.storage.online import OnlineRow, OnlineStore
 
 BATCH_ROWS = 50_000
@@ -25,7 +27,13 @@ def entity_key(values: Sequence[Any]) -> str:
 
 
 def materialize_view(
-    view: FeatureView, online: OnlineStore, *, base_dir: Path, start: datetime, end: datetime
+    view: FeatureView,
+    online: OnlineStore,
+    *,
+    base_dir: Path,
+    start: datetime,
+    end: datetime,
+    connect: Callable[[], duckdb.DuckDBPyConnection] = duckdb_connection,
 ) -> int:
     """Copy the latest row per entity with event time in [start, end] to the online store; returns rows."""
     ts = quote(view.source.timestamp_field)
@@ -41,7 +49,7 @@ def materialize_view(
     )
     written = 0
     n_keys = len(view.join_keys)
-    with duckdb_connection() as conn:
+    with connect() as conn:
         reader = conn.sql(sql, params=[start, end]).to_arrow_reader(BATCH_ROWS)
         for batch in reader:
             columns = batch.to_pydict()

@@ -195,7 +195,6 @@ def read_predictions(offline: OfflineStore, endpoint: str, start: datetime, end:
     if not offline.exists(PREDICTIONS):
         return pd.DataFrame(columns=PREDICTION_SCHEMA.names)
     with offline.connect() as conn:
-        conn.execute("SET TimeZone='UTC'")
         return conn.execute(
             f"SELECT * FROM {offline.scan(PREDICTIONS)} "
             "WHERE endpoint = ? AND ts >= ? AND ts < ? ORDER BY ts, prediction_id",
@@ -210,7 +209,6 @@ def read_labelled_predictions(
     if not offline.exists(PREDICTIONS) or not offline.exists(LABELS):
         return pd.DataFrame(columns=[*PREDICTION_SCHEMA.names, "label"])
     with offline.connect() as conn:
-        conn.execute("SET TimeZone='UTC'")
         return conn.execute(
             f"""
             WITH latest AS (

@@ -23,9 +23,13 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./=-]*$")
 class OfflineStore:
     """Parquet datasets on local disk, read set-based through DuckDB."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, *, memory_limit: str | None = None, temp_directory: Path | None = None
+    ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.memory_limit = memory_limit
+        self.temp_directory = temp_directory
 
     def dataset_dir(self, name: str) -> Path:
         if not _NAME.match(name) or ".." in name.split("/"):
@@ -64,8 +68,8 @@ class OfflineStore:
         return final
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """A fresh in-memory DuckDB connection; the caller reads datasets through `glob()`."""
-        return duckdb.connect()
+        """A fresh DuckDB connection in UTC, held to the configured memory limit (larger work spills to disk)."""
+        return duckdb_connection(self.memory_limit, self.temp_directory)
 
     def scan(self, name: str) -> str:
         """A DuckDB table expression over every file of the dataset (safe to put into SQL)."""
@@ -82,3 +86,16 @@ class OfflineStore:
 def sql_string(text: str) -> str:
     """`text` as a single-quoted SQL string literal (DuckDB takes file paths only as literals)."""
     return "'" + text.replace("'", "''") + "'"
+
+
+def duckdb_connection(
+    memory_limit: str | None = None, temp_directory: Path | None = None
+) -> duckdb.DuckDBPyConnection:
+    """DuckDB with UTC as its zone (naive timestamps in sources read as UTC) and an optional memory limit."""
+    conn = duckdb.connect()
+    conn.execute("SET TimeZone='UTC'")
+    if memory_limit:
+        conn.execute(f"SET memory_limit={sql_string(memory_limit)}")
+    if temp_directory is not None:
+        conn.execute(f"SET temp_directory={sql_string(str(temp_directory))}")
+    return conn
