@@ -125,6 +125,10 @@ class Project:
                 df, refs, timestamp_field=spec.timestamp_field
             ),
             code_dir=self.path,
+            view_versions={
+                view: feature_registry.definition_versions(self.metadata, "feature_view", view)[-1].version
+                for view in group_feature_refs(spec.features)
+            },
         )
 
     def close(self) -> None:

@@ -30,7 +30,7 @@ def test_snapshot_round_trip_records_shape_and_time_range(project: Project) -> N
     assert (snapshot.time_start.day, snapshot.time_end.day) == (1, 3)
     assert get_snapshot(project.metadata, snapshot.id) == snapshot
     pd.testing.assert_frame_equal(load_snapshot(project.metadata, project.offline, snapshot.id), frame())
-    assert save_snapshot(project.metadata, project.offline, "train", frame()).id == snapshot.id
+    assert save_snapshot(project.metadata, project.offline, "train", frame(), spec={"k": 1}).id == snapshot.id
 
 
 def test_tampered_snapshot_is_refused(project: Project) -> None:
@@ -41,3 +41,23 @@ def test_tampered_snapshot_is_refused(project: Project) -> None:
     changed.to_parquet(path)
     with pytest.raises(ArtifactCorruptedError, match="modified after it was saved"):
         load_snapshot(project.metadata, project.offline, snapshot.id)
+
+
+def test_same_content_from_other_definitions_is_a_new_snapshot_sharing_the_file(project: Project) -> None:
+    first = save_snapshot(
+        project.metadata, project.offline, "train", frame(), spec={"feature_view_versions": {"v": 1}}
+    )
+    again = save_snapshot(
+        project.metadata, project.offline, "train", frame(), spec={"feature_view_versions": {"v": 1}}
+    )
+    other = save_snapshot(
+        project.metadata, project.offline, "train", frame(), spec={"feature_view_versions": {"v": 2}}
+    )
+    assert again.id == first.id
+    assert other.id != first.id and other.spec == {"feature_view_versions": {"v": 2}}
+    assert (other.path, other.file_sha256, other.content_hash) == (
+        first.path,
+        first.file_sha256,
+        first.content_hash,
+    )
+    pd.testing.assert_frame_equal(load_snapshot(project.metadata, project.offline, other.id), frame())

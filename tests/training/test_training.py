@@ -99,3 +99,18 @@ def test_recency_weights_halve_every_half_life_and_reach_the_estimator(project: 
     assert trained.metrics["roc_auc"] > 0.6
     with pytest.raises(ValidationError, match="recency_half_life_days must be positive"):
         replace(SPEC, recency_half_life_days=0)
+
+
+def test_a_training_set_records_the_view_versions_it_was_built_from(project: Project) -> None:
+    from dataclasses import replace
+    from datetime import timedelta
+
+    from loopml.data.snapshots import get_snapshot
+    from tests.helpers import user_view
+
+    events = build_world(project)
+    first = project.train(SPEC, events)
+    assert get_snapshot(project.metadata, first.snapshot.id).spec["feature_view_versions"] == {"users": 1}
+    project.apply([replace(user_view(), ttl=timedelta(days=3))])
+    second = project.train(SPEC, events)
+    assert get_snapshot(project.metadata, second.snapshot.id).spec["feature_view_versions"] == {"users": 2}

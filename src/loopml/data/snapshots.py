@@ -55,17 +55,29 @@ def save_snapshot(
     timestamp_field: str | None = None,
     spec: dict[str, Any] | None = None,
 ) -> Snapshot:
-    """Freeze `df` as a snapshot; saving identical content again returns the existing snapshot."""
+    """Freeze `df` as a snapshot.
+
+    The same content with the same spec returns the existing snapshot; the same content built from other
+    definitions is a new snapshot (its lineage differs) sharing the file already written.
+    """
     digest = content_hash(df)
+    spec = spec or {}
     with metadata.begin() as conn:
-        existing = conn.execute(
-            select(datasets).where(datasets.c.name == name, datasets.c.content_hash == digest)
-        ).first()
-    if existing is not None:
-        return Snapshot(**existing._mapping)
+        same_content = [
+            Snapshot(**row._mapping)
+            for row in conn.execute(
+                select(datasets).where(datasets.c.name == name, datasets.c.content_hash == digest)
+            )
+        ]
+    for existing in same_content:
+        if existing.spec == spec:
+            return existing
     relative = f"snapshots/{name}/{digest}.parquet"
-    path = offline.write_file(relative, df)
-    file_sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    if same_content:
+        file_sha = same_content[0].file_sha256
+    else:
+        path = offline.write_file(relative, df)
+        file_sha = hashlib.sha256(path.read_bytes()).hexdigest()
     times = pd.to_datetime(df[timestamp_field], utc=True) if timestamp_field and len(df) else None
     snapshot = Snapshot(
         id=str(uuid.uuid4()),
@@ -77,7 +89,7 @@ def save_snapshot(
         columns={str(c): str(t) for c, t in df.dtypes.items()},
         time_start=None if times is None else times.min().to_pydatetime(),
         time_end=None if times is None else times.max().to_pydatetime(),
-        spec=spec or {},
+        spec=spec,
         created_at=metadata.clock.now(),
     )
     with metadata.begin() as conn:

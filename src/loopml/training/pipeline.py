@@ -114,8 +114,12 @@ def train(
     offline: OfflineStore,
     get_features: FeatureFetcher,
     code_dir: Path,
+    view_versions: dict[str, int] | None = None,
 ) -> TrainedModel:
-    """Run the pipeline once and record it as a run; a failure marks the run failed and re-raises."""
+    """Run the pipeline once and record it as a run; a failure marks the run failed and re-raises.
+
+    `view_versions` (feature view name → applied version) is kept with the training-set snapshot.
+    """
     needed = [spec.timestamp_field, spec.label, *spec.request_features]
     missing = [c for c in needed if c not in entity_df.columns]
     if missing:
@@ -142,6 +146,7 @@ def train(
                 "features": list(spec.features),
                 "label": spec.label,
                 "timestamp_field": spec.timestamp_field,
+                "feature_view_versions": view_versions or {},
             },
         )
         tracker.set_dataset(run_id, snapshot.id)
