@@ -195,3 +195,8 @@ def group_feature_refs(refs: Sequence[str]) -> dict[str, list[str]]:
         view, feature = parse_feature_ref(ref)
         grouped.setdefault(view, []).append(feature)
     return grouped
+
+
+def feature_column(view: str, feature: str, full_feature_names: bool) -> str:
+    """The column a feature is returned under: 'feature', or 'view__feature' with full names."""
+    return f"{view}__{feature}" if full_feature_names else feature

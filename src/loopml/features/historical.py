@@ -17,7 +17,7 @@ import duckdb
 import pandas as pd
 
 from loopml.errors import ValidationError
-from loopml.features.definitions import FeatureView
+from loopml.features.definitions import FeatureView, feature_column
 from loopml.storage.offline import duckdb_connection, sql_string
 
 ROW_ID = "__loopml_row"
@@ -53,7 +53,7 @@ def get_historical_features(
     ctes, selects, joins = [], [], []
     for index, (view, features) in enumerate(requests):
         alias = f"v{index}"
-        outputs = [(f, f"{view.name}__{f}" if full_feature_names else f) for f in features]
+        outputs = [(f, feature_column(view.name, f, full_feature_names)) for f in features]
         ctes.extend(_view_ctes(alias, view, outputs, base_dir, timestamp_field))
         selects.extend(f"{alias}.{quote(out)}" for _, out in outputs)
         joins.append(f"LEFT JOIN {alias} USING ({ROW_ID})")
@@ -136,7 +136,7 @@ def _validate(
             )
         for feature in features:
             view.dtype_of(feature)
-            out = f"{view.name}__{feature}" if full_feature_names else feature
+            out = feature_column(view.name, feature, full_feature_names)
             if out in seen or out in entity_df.columns:
                 raise ValidationError(
                     f"Feature name '{out}' would appear twice (from '{seen.get(out, 'entity_df')}' and "

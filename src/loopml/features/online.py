@@ -12,7 +12,7 @@ import duckdb
 import pandas as pd
 
 from loopml.errors import ValidationError
-from loopml.features.definitions import FeatureView
+from loopml.features.definitions import FeatureView, feature_column
 from loopml.features.historical import quote, source_sql
 from loopml.storage.offline import duckdb_connection
 from loopml.storage.online import OnlineRow, OnlineStore
@@ -114,7 +114,7 @@ def read_online(
         rows = [found.get((view.name, key)) for key in keys]
         for feature in features:
             view.dtype_of(feature)
-            name = f"{view.name}__{feature}" if full_feature_names else feature
+            name = feature_column(view.name, feature, full_feature_names)
             cells = [_cell(row, feature, now_ts, ttl) for row in rows]
             values, statuses, times = (
                 (list(column) for column in zip(*cells, strict=True)) if cells else ([], [], [])

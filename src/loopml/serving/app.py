@@ -139,13 +139,13 @@ def create_app(project: Project) -> FastAPI:
 
     @app.get("/v1/endpoints/{name}")
     async def endpoint(name: str) -> dict[str, Any]:
-        return _describe(name, _route(router, name))
+        return _describe(name, router.model(name))
 
     @app.post("/v1/endpoints/{name}/predict")
     def predict(name: str, body: PredictRequest) -> dict[str, Any]:
         """Score one request; a plain function, so FastAPI runs it off the event loop."""
         started = time.perf_counter()
-        model = _route(router, name)
+        model = router.model(name)
         now = project.clock.now()
         missing = [f for f in model.request_features if f not in body.inputs]
         if missing:
@@ -236,15 +236,6 @@ def _put_all(writer: BatchWriter, records: list[dict[str, Any]]) -> int:
         if not writer.put(record, timeout=FEEDBACK_WAIT_SECONDS):
             return accepted
     return len(records)
-
-
-def _route(router: Router, name: str) -> LoadedModel:
-    model = router.routes.get(name)
-    if model is None:
-        raise NotFoundError(
-            f"No endpoint named '{name}' is being served; deployed: {sorted(router.routes) or 'none'}."
-        )
-    return model
 
 
 def _describe(name: str, model: LoadedModel) -> dict[str, Any]:

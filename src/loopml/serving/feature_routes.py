@@ -7,7 +7,6 @@ store. Reads observe their latency and the age of what they returned, per view.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +15,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from pydantic import BaseModel, Field
 
 from loopml.clock import as_utc
-from loopml.errors import NotFoundError, ValidationError
-from loopml.features.definitions import FeatureView, group_feature_refs
+from loopml.errors import ValidationError
+from loopml.features.definitions import FeatureView, feature_column, group_feature_refs
 from loopml.features.online import entity_key, read_online
 from loopml.serving.router import Router
 
@@ -65,16 +64,18 @@ def feature_routes(project: Project, router: Router, registry: CollectorRegistry
     def online(body: OnlineRequest) -> dict[str, Any]:
         """Current values of features for a list of entities, each with its status and event time."""
         started = time.perf_counter()
-        requests = [(_view(router, name), names) for name, names in group_feature_refs(body.features).items()]
+        requests = [
+            (router.feature_view(name), names) for name, names in group_feature_refs(body.features).items()
+        ]
         now = project.clock.now()
         found = read_online(
             project.online, requests, body.entities, now=now, full_feature_names=body.full_feature_names
         )
         metrics.read_seconds.observe(time.perf_counter() - started)
-        for (view, _), times in zip(
-            requests, _first_times(found.event_timestamps, requests, body.full_feature_names), strict=True
-        ):
-            for event_ts in times:
+        for view, names in requests:  # the features of a view share its rows' event times
+            for event_ts in found.event_timestamps[
+                feature_column(view.name, names[0], body.full_feature_names)
+            ]:
                 if event_ts is not None:
                     metrics.age_seconds.labels(view.name).observe(now.timestamp() - event_ts)
         return {
@@ -92,30 +93,12 @@ def feature_routes(project: Project, router: Router, registry: CollectorRegistry
     @api.post("/push")
     def push(body: PushRequest) -> dict[str, int]:
         """Write fresh values straight to the online store (last write wins by event time)."""
-        view = _view(router, body.view)
+        view = router.feature_view(body.view)
         now = project.clock.now().timestamp()
         rows = [_pushed_row(view, row, index, now) for index, row in enumerate(body.rows)]
         return {"written": project.online.write(view.name, rows)}
 
     return api
-
-
-def _view(router: Router, name: str) -> FeatureView:
-    view = router.feature_views.get(name)
-    if view is None:
-        raise NotFoundError(
-            f"No feature view named '{name}' is served; applied views: {sorted(router.feature_views) or 'none'}."
-        )
-    return view
-
-
-def _first_times(
-    times: dict[str, list[float | None]],
-    requests: Sequence[tuple[FeatureView, Sequence[str]]],
-    full_names: bool,
-) -> list[list[float | None]]:
-    """Per view, the event times of its rows (all features of a view share them)."""
-    return [times[f"{view.name}__{names[0]}" if full_names else names[0]] for view, names in requests]
 
 
 def _pushed_row(

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from loopml.errors import NotFoundError
 from loopml.features.definitions import FeatureView, group_feature_refs
 from loopml.features.registry import get_feature_view, list_feature_views
 from loopml.registry.models import ModelRegistry, ModelVersion
@@ -70,6 +71,24 @@ class Router:
             keep = {(m.version.model_name, m.version.version) for m in [*routes.values(), *previous.values()]}
             self._estimators = {key: value for key, value in self._estimators.items() if key in keep}
         return True
+
+    def model(self, endpoint: str) -> LoadedModel:
+        """The model an endpoint serves now."""
+        model = self.routes.get(endpoint)
+        if model is None:
+            raise NotFoundError(
+                f"No endpoint named '{endpoint}' is being served; deployed: {sorted(self.routes) or 'none'}."
+            )
+        return model
+
+    def feature_view(self, name: str) -> FeatureView:
+        """An applied feature view, as of the last refresh."""
+        view = self.feature_views.get(name)
+        if view is None:
+            raise NotFoundError(
+                f"No feature view named '{name}' is served; applied views: {sorted(self.feature_views) or 'none'}."
+            )
+        return view
 
     def _route(self, endpoint: Endpoint) -> LoadedModel | None:
         version_number = self.registry.get_alias(endpoint.model_name, endpoint.alias)
