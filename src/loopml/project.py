@@ -94,6 +94,14 @@ class Project:
             )
         return written
 
+    def push(self, view: str, rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> int:
+        """Write fresh rows (or, for an aggregation view, events) of `view` straight to the online store."""
+        if isinstance(rows, pd.DataFrame):
+            rows = rows.to_dict("records")
+        return online.push(
+            self.online, feature_registry.get_feature_view(self.metadata, view), rows, now=self.clock.now()
+        )
+
     def get_online_features(
         self,
         entities: Mapping[str, Sequence[Any]],

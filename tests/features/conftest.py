@@ -54,3 +54,14 @@ def user_view(project: Project) -> FeatureView:
     )
     project.apply([USER, view])
     return view
+
+
+@pytest.fixture
+def online_project(tmp_path, clock, online_backend) -> Project:
+    """A project whose online store is SQLite or the real Redis (the test runs on both)."""
+    from loopml.config import write_config
+
+    write_config(tmp_path, "test", overwrite=True)
+    project = Project(tmp_path, clock=clock, environ=online_backend)
+    yield project
+    project.close()

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from loopml.errors import ConfigError, StoreUnavailableError
-from loopml.storage.online import OnlineStore, RedisOnlineStore, open_online_store
+from loopml.storage.online import EventQuery, EventWrite, OnlineStore, RedisOnlineStore, open_online_store
 
 
 @pytest.fixture
@@ -51,6 +51,42 @@ def test_keys_with_separators_do_not_collide(store: OnlineStore) -> None:
     store.write("v", [("1\x1f2", 1.0, 1.0, {"x": "a"}), ("1:2", 1.0, 1.0, {"x": "b"})])
     found = store.read([("v", "1\x1f2"), ("v", "1:2")])
     assert (found[("v", "1\x1f2")].values, found[("v", "1:2")].values) == ({"x": "a"}, {"x": "b"})
+
+
+def test_event_logs_append_query_replace_and_trim(store: OnlineStore) -> None:
+    events = [
+        ("u1", 10.0, {"a": 1.0}),
+        ("u1", 20.0, {"a": 2.0}),
+        ("u1", 20.0, {"a": 2.0}),
+        ("u2", 15.0, {"a": None}),
+    ]
+    assert store.write_events("agg", EventWrite(events)) == 4
+    found = store.lookup([], [EventQuery("agg", "u1", 10.0, 20.0), EventQuery("agg", "u2", 0.0, 100.0)])
+    assert found.events[("agg", "u1")] == [
+        (20.0, {"a": 2.0}),
+        (20.0, {"a": 2.0}),
+    ]  # (since, until]; twins kept
+    assert found.events[("agg", "u2")] == [(15.0, {"a": None})]
+    # Re-materialising [15, 25] replaces u1's events there, keeps the one at 10 and leaves u2 alone.
+    store.write_events("agg", EventWrite([("u1", 21.0, {"a": 5.0})], replace=(15.0, 25.0)))
+    everything = [EventQuery("agg", "u1", 0.0, 100.0), EventQuery("agg", "u2", 0.0, 100.0)]
+    found = store.lookup([], everything)
+    assert found.events[("agg", "u1")] == [(10.0, {"a": 1.0}), (21.0, {"a": 5.0})]
+    assert found.events[("agg", "u2")] == [(15.0, {"a": None})]
+    store.write_events("agg", EventWrite([("u1", 30.0, {"a": 3.0})], keep_after=10.0))
+    assert [ts for ts, _ in store.lookup([], everything).events[("agg", "u1")]] == [21.0, 30.0]
+    assert store.count("agg") == 2
+
+
+def test_one_lookup_reads_rows_and_event_logs(store: OnlineStore) -> None:
+    store.write("plain", [("u1", 5.0, 5.0, {"x": 1})])
+    store.write_events("agg", EventWrite([("u1", 5.0, {"a": 1.5})]))
+    found = store.lookup(
+        [("plain", "u1"), ("plain", "u9")],
+        [EventQuery("agg", "u1", 0.0, 5.0), EventQuery("agg", "u9", 0.0, 5.0)],
+    )
+    assert found.rows[("plain", "u1")].values == {"x": 1} and ("plain", "u9") not in found.rows
+    assert found.events == {("agg", "u1"): [(5.0, {"a": 1.5})], ("agg", "u9"): []}
 
 
 def test_unknown_backends_and_unreachable_redis_are_explained() -> None:

@@ -1,6 +1,14 @@
 """Features: declarative definitions, point-in-time correct training sets, and the online store."""
 
-from loopml.features.definitions import Entity, FeatureService, FeatureView, Field, ParquetSource
+from loopml.features.definitions import Aggregation, Entity, FeatureService, FeatureView, Field, ParquetSource
 from loopml.features.online import OnlineFeatures
 
-__all__ = ["Entity", "FeatureService", "FeatureView", "Field", "OnlineFeatures", "ParquetSource"]
+__all__ = [
+    "Aggregation",
+    "Entity",
+    "FeatureService",
+    "FeatureView",
+    "Field",
+    "OnlineFeatures",
+    "ParquetSource",
+]

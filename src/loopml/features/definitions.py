@@ -11,7 +11,11 @@ from typing import Any
 from loopml.errors import ValidationError
 
 DTYPES = ("float64", "int64", "string", "bool")
+AGGREGATE_FUNCTIONS = ("count", "sum", "mean", "min", "max")
+DEFAULT_TTL = timedelta(days=1)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def check_identifier(kind: str, name: str) -> str:
@@ -64,6 +68,78 @@ class Field:
             )
 
 
+def parse_duration(value: timedelta | str, what: str) -> timedelta:
+    """A positive timedelta from a timedelta or text such as '30m', '1h', '7d', '2w'."""
+    if isinstance(value, str):
+        match = _DURATION.match(value.strip())
+        if not match:
+            raise ValidationError(
+                f"{what} {value!r} is not a duration; write e.g. '30m', '1h', '7d' or '2w'."
+            )
+        value = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    if not isinstance(value, timedelta) or value <= timedelta(0):
+        raise ValidationError(f"{what} must be a positive duration, got {value!r}.")
+    return value
+
+
+def duration_label(value: timedelta) -> str:
+    """The shortest exact label of a duration: 7d, 1h, 90s."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds % size == 0 and value.microseconds == 0:
+            return f"{seconds // size}{unit}"
+    return f"{value.total_seconds():g}s"
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """A windowed aggregate of an event source column, point-in-time: events with t - window < time <= t.
+
+    `Aggregation("amount", "sum", "7d", name="spend_7d")` is a user's spending over the last 7 days. Count and
+    sum over an empty window are 0; mean, min and max are null. `column=None` counts events.
+    """
+
+    column: str | None
+    function: str
+    window: timedelta | str
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.function not in AGGREGATE_FUNCTIONS:
+            raise ValidationError(
+                f"Aggregation function {self.function!r} is not supported; use one of {', '.join(AGGREGATE_FUNCTIONS)}."
+            )
+        if self.column is None and self.function != "count":
+            raise ValidationError(
+                f"Aggregation '{self.function}' needs a column; only 'count' can count events."
+            )
+        if self.column is not None:
+            check_identifier("Aggregation column", self.column)
+        window = parse_duration(self.window, "Aggregation window")
+        object.__setattr__(self, "window", window)
+        if not self.name:
+            default = f"{self.column}_{self.function}" if self.column else "count"
+            object.__setattr__(self, "name", f"{default}_{duration_label(window)}")
+        check_identifier("Aggregation", self.name)
+
+    @property
+    def dtype(self) -> str:
+        return "int64" if self.function == "count" else "float64"
+
+    def spec(self) -> dict[str, Any]:
+        assert isinstance(self.window, timedelta)
+        return {
+            "column": self.column,
+            "function": self.function,
+            "window_seconds": self.window.total_seconds(),
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Aggregation:
+        return cls(spec["column"], spec["function"], timedelta(seconds=spec["window_seconds"]), spec["name"])
+
+
 @dataclass(frozen=True)
 class ParquetSource:
     """Parquet files (a path or glob, relative to the project directory) with an event time column."""
@@ -75,15 +151,22 @@ class ParquetSource:
 
 @dataclass(frozen=True)
 class FeatureView:
-    """Features of one or more entities read from a source, valid for `ttl` after their event time."""
+    """Features of one or more entities read from a source, valid for `ttl` after their event time.
+
+    A view declares either its feature columns (`schema`) or windowed `aggregations` of an event source; an
+    aggregation view's features are its aggregations, and its ttl (how much event history is kept online)
+    defaults to the longest window.
+    """
 
     name: str
     entities: tuple[Entity, ...]
     source: ParquetSource
-    schema: tuple[Field, ...]
-    ttl: timedelta = timedelta(days=1)
+    schema: tuple[Field, ...] = ()
+    ttl: timedelta | None = None
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    owner: str = ""
+    aggregations: tuple[Aggregation, ...] = ()
 
     def __post_init__(self) -> None:
         check_identifier("FeatureView", self.name)
@@ -92,15 +175,43 @@ class FeatureView:
             raise ValidationError(f"FeatureView '{self.name}' needs at least one entity.")
         object.__setattr__(self, "entities", entities)
         object.__setattr__(self, "schema", tuple(self.schema))
-        if not self.schema:
+        object.__setattr__(self, "aggregations", tuple(self.aggregations))
+        if self.aggregations:
+            self._derive_aggregation_schema()
+        elif not self.schema:
             raise ValidationError(
-                f"FeatureView '{self.name}' declares no features; add Field(...)s to schema."
+                f"FeatureView '{self.name}' declares no features; add Field(...)s to schema or aggregations=[...]."
             )
+        if self.ttl is None:
+            object.__setattr__(self, "ttl", DEFAULT_TTL)
         if self.ttl <= timedelta(0):
             raise ValidationError(f"FeatureView '{self.name}' has ttl {self.ttl}; it must be positive.")
+        if self.aggregations and self.ttl < self.longest_window:
+            raise ValidationError(
+                f"FeatureView '{self.name}' keeps {self.ttl} of events online (ttl) but aggregates over "
+                f"{self.longest_window}; leave ttl out or make it at least the longest window."
+            )
+        names = self.feature_names
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValidationError(f"FeatureView '{self.name}' declares features {duplicates} more than once.")
         clashes = set(self.feature_names) & set(self.join_keys)
         if clashes:
             raise ValidationError(f"FeatureView '{self.name}' uses join keys {sorted(clashes)} as features.")
+
+    def _derive_aggregation_schema(self) -> None:
+        if self.schema:
+            raise ValidationError(
+                f"FeatureView '{self.name}' declares both schema and aggregations; an aggregation view's "
+                "features are its aggregations, so leave schema out."
+            )
+        object.__setattr__(self, "schema", tuple(Field(a.name, a.dtype) for a in self.aggregations))
+        if self.ttl is None:
+            object.__setattr__(self, "ttl", self.longest_window)
+
+    @property
+    def longest_window(self) -> timedelta:
+        return max(a.window for a in self.aggregations)
 
     @property
     def join_keys(self) -> tuple[str, ...]:
@@ -119,7 +230,13 @@ class FeatureView:
         )
 
     def spec(self) -> dict[str, Any]:
-        return {
+        """A JSON-able description; keys are only added when set, so older specs keep their hash."""
+        extra: dict[str, Any] = {}
+        if self.owner:
+            extra["owner"] = self.owner
+        if self.aggregations:
+            extra["aggregations"] = [a.spec() for a in self.aggregations]
+        return extra | {
             "name": self.name,
             "entities": [e.spec() for e in self.entities],
             "source": {
@@ -135,14 +252,17 @@ class FeatureView:
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> FeatureView:
+        aggregations = tuple(Aggregation.from_spec(a) for a in spec.get("aggregations", ()))
         return cls(
             name=spec["name"],
             entities=tuple(Entity.from_spec(e) for e in spec["entities"]),
             source=ParquetSource(**spec["source"]),
-            schema=tuple(Field(**f) for f in spec["schema"]),
+            schema=() if aggregations else tuple(Field(**f) for f in spec["schema"]),
             ttl=timedelta(seconds=spec["ttl_seconds"]),
             description=spec.get("description", ""),
             tags=spec.get("tags", {}),
+            owner=spec.get("owner", ""),
+            aggregations=aggregations,
         )
 
 

@@ -17,14 +17,11 @@ import duckdb
 import pandas as pd
 
 from loopml.errors import ValidationError
+from loopml.features.aggregations import aggregation_ctes
 from loopml.features.definitions import FeatureView, feature_column
-from loopml.storage.offline import duckdb_connection, sql_string
+from loopml.storage.offline import duckdb_connection, quote, sql_string
 
 ROW_ID = "__loopml_row"
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def source_sql(view: FeatureView, base_dir: Path) -> str:
@@ -54,7 +51,12 @@ def get_historical_features(
     for index, (view, features) in enumerate(requests):
         alias = f"v{index}"
         outputs = [(f, feature_column(view.name, f, full_feature_names)) for f in features]
-        ctes.extend(_view_ctes(alias, view, outputs, base_dir, timestamp_field))
+        if view.aggregations:
+            ctes.extend(
+                aggregation_ctes(alias, view, outputs, source_sql(view, base_dir), timestamp_field, ROW_ID)
+            )
+        else:
+            ctes.extend(_view_ctes(alias, view, outputs, base_dir, timestamp_field))
         selects.extend(f"{alias}.{quote(out)}" for _, out in outputs)
         joins.append(f"LEFT JOIN {alias} USING ({ROW_ID})")
 

@@ -11,11 +11,13 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from loopml.clock import as_utc
 from loopml.errors import ValidationError
+from loopml.features.aggregations import aggregate_online, value_columns
 from loopml.features.definitions import FeatureView, feature_column
-from loopml.features.historical import quote, source_sql
-from loopml.storage.offline import duckdb_connection
-from loopml.storage.online import OnlineRow, OnlineStore
+from loopml.features.historical import source_sql
+from loopml.storage.offline import duckdb_connection, quote
+from loopml.storage.online import Event, EventQuery, EventWrite, OnlineRow, OnlineStore
 
 BATCH_ROWS = 50_000
 PRESENT, MISSING, EXPIRED, NULL = "present", "missing", "expired", "null"
@@ -35,7 +37,13 @@ def materialize_view(
     end: datetime,
     connect: Callable[[], duckdb.DuckDBPyConnection] = duckdb_connection,
 ) -> int:
-    """Copy the latest row per entity with event time in [start, end] to the online store; returns rows."""
+    """Copy the latest row per entity with event time in [start, end] to the online store; returns rows.
+
+    For an aggregation view, every event in [start, end] is copied instead, replacing what the log held for
+    that range, and events older than the view's ttl before `end` are trimmed.
+    """
+    if view.aggregations:
+        return _materialize_events(view, online, base_dir=base_dir, start=start, end=end, connect=connect)
     ts = quote(view.source.timestamp_field)
     created = view.source.created_timestamp_field
     order = f"{ts} DESC" + (f", {quote(created)} DESC" if created else "")
@@ -61,6 +69,88 @@ def materialize_view(
                 rows.append((key, columns["__event_ts"][i], columns["__created_ts"][i], values))
             written += online.write(view.name, rows)
     return written
+
+
+def _materialize_events(
+    view: FeatureView,
+    online: OnlineStore,
+    *,
+    base_dir: Path,
+    start: datetime,
+    end: datetime,
+    connect: Callable[[], duckdb.DuckDBPyConnection],
+) -> int:
+    """Stream the events, ordered by key, and write each key's events in one batch (replace is per key)."""
+    ts = quote(view.source.timestamp_field)
+    keys = ", ".join(quote(k) for k in view.join_keys)
+    columns = value_columns(view)
+    sql = (
+        f"SELECT {keys}, epoch({ts}::TIMESTAMPTZ) AS __event_ts{''.join(f', {quote(c)}' for c in columns)} "
+        f"FROM {source_sql(view, base_dir)} WHERE {ts}::TIMESTAMPTZ BETWEEN ? AND ? ORDER BY {keys}, {ts}"
+    )
+    n_keys = len(view.join_keys)
+    replace = (start.timestamp(), end.timestamp())
+    keep_after = end.timestamp() - view.ttl.total_seconds()
+    written = 0
+    pending: list[tuple[str, float, dict[str, Any]]] = []
+    with connect() as conn:
+        for batch in conn.sql(sql, params=[start, end]).to_arrow_reader(BATCH_ROWS):
+            data = batch.to_pydict()
+            names = list(data)
+            for i in range(batch.num_rows):
+                key = entity_key([data[n][i] for n in names[:n_keys]])
+                pending.append((key, data["__event_ts"][i], {c: data[c][i] for c in columns}))
+            # Hold back the last key: its events may continue in the next batch.
+            last = pending[-1][0] if pending else None
+            ready = [event for event in pending if event[0] != last]
+            pending = pending[len(ready) :]
+            if ready:
+                written += online.write_events(view.name, EventWrite(ready, replace, keep_after))
+    if pending:
+        written += online.write_events(view.name, EventWrite(pending, replace, keep_after))
+    return written
+
+
+def push(online: OnlineStore, view: FeatureView, rows: Sequence[Mapping[str, Any]], *, now: datetime) -> int:
+    """Write fresh rows straight to the online store; returns how many were written.
+
+    A row holds the join keys, the event time (ISO 8601 text or a datetime) and, for a plain view, every
+    feature (last write wins by event time); for an aggregation view, the columns its aggregations read
+    (each row is one event, added to the key's log).
+    """
+    columns = value_columns(view) if view.aggregations else list(view.feature_names)
+    expected = {*view.join_keys, view.source.timestamp_field, *columns}
+    parsed = []
+    for index, row in enumerate(rows):
+        missing = [k for k in (*view.join_keys, view.source.timestamp_field, *columns) if k not in row]
+        unknown = sorted(set(row) - expected)
+        if missing or unknown:
+            raise ValidationError(
+                f"Row {index} pushed to '{view.name}' "
+                + (f"lacks {missing}" if missing else f"has unknown field(s) {unknown}")
+                + f"; send the join keys {list(view.join_keys)}, '{view.source.timestamp_field}' and "
+                f"{columns} (null for none)."
+            )
+        key = entity_key([row[k] for k in view.join_keys])
+        parsed.append(
+            (key, _event_time(row[view.source.timestamp_field], view, index), {c: row[c] for c in columns})
+        )
+    now_ts = now.timestamp()
+    if view.aggregations:
+        return online.write_events(
+            view.name, EventWrite(parsed, keep_after=now_ts - view.ttl.total_seconds())
+        )
+    return online.write(view.name, [(key, ts, now_ts, values) for key, ts, values in parsed])
+
+
+def _event_time(value: Any, view: FeatureView, index: int) -> float:
+    try:
+        moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    except ValueError as exc:
+        raise ValidationError(
+            f"Row {index}: '{view.source.timestamp_field}' must be an ISO 8601 time, got {value!r}."
+        ) from exc
+    return as_utc(moment).timestamp()
 
 
 @dataclass
@@ -102,20 +192,34 @@ def read_online(
                 f"Entities lack join key(s) {missing} needed by feature view '{view.name}'."
             )
         keys_per_view.append([entity_key([entities[k][i] for k in view.join_keys]) for i in range(n_rows)])
-    lookup = [
-        (view.name, key) for (view, _), keys in zip(requests, keys_per_view, strict=True) for key in keys
+    now_ts = now.timestamp()
+    plain = [
+        (view.name, key)
+        for (view, _), keys in zip(requests, keys_per_view, strict=True)
+        if not view.aggregations
+        for key in keys
     ]
-    found = online.read(list(dict.fromkeys(lookup)))
+    logs = [
+        EventQuery(view.name, key, now_ts - view.ttl.total_seconds(), now_ts)
+        for (view, _), keys in zip(requests, keys_per_view, strict=True)
+        if view.aggregations
+        for key in dict.fromkeys(keys)
+    ]
+    found = online.lookup(list(dict.fromkeys(plain)), logs)
 
     result = OnlineFeatures(entities={k: list(v) for k, v in entities.items()})
-    now_ts = now.timestamp()
     for (view, features), keys in zip(requests, keys_per_view, strict=True):
         ttl = view.ttl.total_seconds()
-        rows = [found.get((view.name, key)) for key in keys]
+        rows = [found.rows.get((view.name, key)) for key in keys]
         for feature in features:
             view.dtype_of(feature)
             name = feature_column(view.name, feature, full_feature_names)
-            cells = [_cell(row, feature, now_ts, ttl) for row in rows]
+            if view.aggregations:
+                cells = [
+                    _aggregate_cell(view, feature, found.events[(view.name, key)], now_ts) for key in keys
+                ]
+            else:
+                cells = [_cell(row, feature, now_ts, ttl) for row in rows]
             values, statuses, times = (
                 (list(column) for column in zip(*cells, strict=True)) if cells else ([], [], [])
             )
@@ -135,3 +239,14 @@ def _cell(row: OnlineRow | None, feature: str, now_ts: float, ttl: float) -> tup
         return None, EXPIRED, row.event_ts
     value = row.values.get(feature)
     return value, NULL if value is None else PRESENT, row.event_ts
+
+
+def _aggregate_cell(
+    view: FeatureView, feature: str, events: list[Event], now_ts: float
+) -> tuple[Any, str, float | None]:
+    """(value, status, newest event time in the window) of one aggregation for one entity."""
+    aggregation = next(a for a in view.aggregations if a.name == feature)
+    value = aggregate_online(aggregation, events, now_ts)
+    since = now_ts - aggregation.window.total_seconds()
+    newest = max((ts for ts, _ in events if since < ts <= now_ts), default=None)
+    return value, NULL if value is None else PRESENT, newest

@@ -88,6 +88,11 @@ def sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def quote(name: str) -> str:
+    """`name` as a double-quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def duckdb_connection(
     memory_limit: str | None = None, temp_directory: Path | None = None
 ) -> duckdb.DuckDBPyConnection:

@@ -1,16 +1,19 @@
 """OnlineStore: the latest value per entity key, read in microseconds while serving.
 
 Rows live under a namespace (a feature view, later a prediction cache). Writes are last-write-wins by event
-time (ties by created time), so a late or replayed batch never overwrites fresher values. Two backends share
-this contract: SQLite (embedded default) and Redis (`online.url: redis://host:6379/0`).
+time (ties by created time), so a late or replayed batch never overwrites fresher values. Aggregation views
+keep instead an event log per key (event time and values), trimmed to their longest window. Two backends
+share this contract: SQLite (embedded default) and Redis (`online.url: redis://host:6379/0`).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,6 +32,18 @@ CREATE TABLE IF NOT EXISTS online_values (
 ) WITHOUT ROWID
 """
 
+_EVENTS_SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS online_events (
+    namespace TEXT NOT NULL,
+    entity_key TEXT NOT NULL,
+    event_ts REAL NOT NULL,
+    payload BLOB NOT NULL
+)
+""",
+    "CREATE INDEX IF NOT EXISTS online_events_by_key ON online_events (namespace, entity_key, event_ts)",
+)
+
 _UPSERT = """
 INSERT INTO online_values (namespace, entity_key, event_ts, created_ts, payload) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (namespace, entity_key) DO UPDATE SET
@@ -46,12 +61,47 @@ class OnlineRow:
     values: dict[str, Any]
 
 
+Event = tuple[float, dict[str, Any]]  # (event time in seconds since the epoch, values)
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """The events of one key with since < event time <= until."""
+
+    namespace: str
+    key: str
+    since: float
+    until: float
+
+
+@dataclass
+class Lookup:
+    """What one round trip read: latest rows, and event logs (oldest first)."""
+
+    rows: dict[tuple[str, str], OnlineRow] = field(default_factory=dict)
+    events: dict[tuple[str, str], list[Event]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EventWrite:
+    """Events of one or more keys; `replace` = (start, end) first drops those keys' stored events in that
+    range (a re-materialised window never counts twice), and events at or before `keep_after` are trimmed."""
+
+    events: Sequence[tuple[str, float, dict[str, Any]]]
+    replace: tuple[float, float] | None = None
+    keep_after: float | None = None
+
+
 class OnlineStore(Protocol):
     """What feature serving needs from an online store."""
 
     def write(self, namespace: str, rows: Iterable[tuple[str, float, float, dict[str, Any]]]) -> int: ...
 
     def read(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], OnlineRow]: ...
+
+    def lookup(self, keys: Sequence[tuple[str, str]], events: Sequence[EventQuery] = ()) -> Lookup: ...
+
+    def write_events(self, namespace: str, batch: EventWrite) -> int: ...
 
     def count(self, namespace: str) -> int: ...
 
@@ -78,7 +128,9 @@ class SQLiteOnlineStore:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._connection().execute(_SCHEMA)
+        conn = self._connection()
+        for statement in (_SCHEMA, *_EVENTS_SCHEMA):
+            conn.execute(statement)
 
     def write(self, namespace: str, rows: Iterable[tuple[str, float, float, dict[str, Any]]]) -> int:
         """Upsert (entity_key, event_ts, created_ts, values) rows; returns how many were offered."""
@@ -102,6 +154,54 @@ class SQLiteOnlineStore:
         conn.execute("COMMIT")
         return len(batch)
 
+    def write_events(self, namespace: str, batch: EventWrite) -> int:
+        """Add events to their keys' logs in one transaction; returns how many were added."""
+        keys = list(dict.fromkeys(key for key, _, _ in batch.events))
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if batch.replace is not None:
+                conn.executemany(
+                    "DELETE FROM online_events WHERE namespace = ? AND entity_key = ? AND event_ts BETWEEN ? AND ?",
+                    [(namespace, key, *batch.replace) for key in keys],
+                )
+            conn.executemany(
+                "INSERT INTO online_events (namespace, entity_key, event_ts, payload) VALUES (?, ?, ?, ?)",
+                [
+                    (namespace, key, float(ts), orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY))
+                    for key, ts, values in batch.events
+                ],
+            )
+            if batch.keep_after is not None:
+                conn.executemany(
+                    "DELETE FROM online_events WHERE namespace = ? AND entity_key = ? AND event_ts <= ?",
+                    [(namespace, key, batch.keep_after) for key in keys],
+                )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return len(batch.events)
+
+    def lookup(self, keys: Sequence[tuple[str, str]], events: Sequence[EventQuery] = ()) -> Lookup:
+        """Latest rows of `keys` and the event logs asked for, in one read transaction."""
+        if not events:
+            return Lookup(rows=self.read(keys))
+        conn = self._connection()
+        conn.execute("BEGIN")
+        try:
+            found = Lookup(rows=self.read(keys))
+            for query in events:
+                cursor = conn.execute(
+                    "SELECT event_ts, payload FROM online_events WHERE namespace = ? AND entity_key = ? "
+                    "AND event_ts > ? AND event_ts <= ? ORDER BY event_ts",
+                    (query.namespace, query.key, query.since, query.until),
+                )
+                found.events[(query.namespace, query.key)] = [(ts, orjson.loads(p)) for ts, p in cursor]
+        finally:
+            conn.execute("COMMIT")
+        return found
+
     def read(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], OnlineRow]:
         """Fetch many (namespace, entity_key) pairs in one query; absent keys are left out."""
         if not keys:
@@ -120,9 +220,14 @@ class SQLiteOnlineStore:
         }
 
     def count(self, namespace: str) -> int:
+        """Keys holding a row or an event log in `namespace`."""
         row = (
             self._connection()
-            .execute("SELECT count(*) FROM online_values WHERE namespace = ?", (namespace,))
+            .execute(
+                "SELECT (SELECT count(*) FROM online_values WHERE namespace = ?) + "
+                "(SELECT count(DISTINCT entity_key) FROM online_events WHERE namespace = ?)",
+                (namespace, namespace),
+            )
             .fetchone()
         )
         return int(row[0])
@@ -157,13 +262,16 @@ redis.call('HSET', KEYS[1], 'e', ARGV[1], 'c', ARGV[2], 'v', ARGV[3])
 return 1
 """
 REDIS_BATCH = 1000
+_TAG_LENGTH = 16  # hex characters of random tag in front of each event log member
 
 
 class RedisOnlineStore:
     """Redis-backed store: one hash per (namespace, entity key) holding event time, created time and values.
 
     Keys are `{key_prefix}{namespace}:{entity key}`; namespaces are identifiers (no ':'), so keys never collide.
-    Reads of many keys are one pipelined round trip.
+    An event log is a sorted set by event time at `{key_prefix}{namespace}#events:{entity key}`, each member a
+    random tag (so equal events stay distinct) and the JSON values. Reads of many keys, rows and event logs
+    alike, are one pipelined round trip.
     """
 
     def __init__(self, url: str, *, key_prefix: str = "loopml:") -> None:
@@ -190,21 +298,58 @@ class RedisOnlineStore:
         return written + (self._write_batch(namespace, batch) if batch else 0)
 
     def read(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], OnlineRow]:
-        if not keys:
-            return {}
+        return self.lookup(keys).rows if keys else {}
+
+    def lookup(self, keys: Sequence[tuple[str, str]], events: Sequence[EventQuery] = ()) -> Lookup:
         pipeline = self.client.pipeline(transaction=False)
         for namespace, key in keys:
             pipeline.hmget(self._key(namespace, key), "e", "c", "v")
-        replies = self._run(pipeline.execute)
-        return {
-            (namespace, key): OnlineRow(float(event), float(created), orjson.loads(payload))
-            for (namespace, key), (event, created, payload) in zip(keys, replies, strict=True)
-            if event is not None
-        }
+        for query in events:
+            pipeline.zrangebyscore(
+                self._events_key(query.namespace, query.key),
+                f"({query.since!r}",
+                repr(query.until),
+                withscores=True,
+            )
+        replies = self._run(pipeline.execute) if keys or events else []
+        found = Lookup()
+        for (namespace, key), (event, created, payload) in zip(keys, replies, strict=False):
+            if event is not None:
+                found.rows[(namespace, key)] = OnlineRow(float(event), float(created), orjson.loads(payload))
+        for query, members in zip(events, replies[len(keys) :], strict=True):
+            found.events[(query.namespace, query.key)] = [
+                (float(score), orjson.loads(member[_TAG_LENGTH:])) for member, score in members
+            ]
+        return found
+
+    def write_events(self, namespace: str, batch: EventWrite) -> int:
+        """Add events, per key atomically (MULTI/EXEC), in batches of keys."""
+        by_key: dict[str, dict[bytes, float]] = defaultdict(dict)
+        for key, ts, values in batch.events:
+            member = os.urandom(_TAG_LENGTH // 2).hex().encode() + orjson.dumps(
+                values, option=orjson.OPT_SERIALIZE_NUMPY
+            )
+            by_key[key][member] = float(ts)
+        keys = list(by_key)
+        for start in range(0, len(keys), REDIS_BATCH):
+            pipeline = self.client.pipeline(transaction=True)
+            for key in keys[start : start + REDIS_BATCH]:
+                name = self._events_key(namespace, key)
+                if batch.replace is not None:
+                    pipeline.zremrangebyscore(name, repr(batch.replace[0]), repr(batch.replace[1]))
+                pipeline.zadd(name, by_key[key])
+                if batch.keep_after is not None:
+                    pipeline.zremrangebyscore(name, "-inf", repr(batch.keep_after))
+            self._run(pipeline.execute)
+        return len(batch.events)
 
     def count(self, namespace: str) -> int:
-        pattern = self._key(namespace, "*")
-        return sum(1 for _ in self._run(lambda: list(self.client.scan_iter(match=pattern, count=1000))))
+        """Keys holding a row or an event log in `namespace`."""
+        patterns = (self._key(namespace, "*"), self._events_key(namespace, "*"))
+        return sum(
+            len(self._run(lambda pattern=pattern: list(self.client.scan_iter(match=pattern, count=1000))))
+            for pattern in patterns
+        )
 
     def clear(self) -> None:
         """Delete every key under this store's prefix (tests, resets)."""
@@ -229,6 +374,9 @@ class RedisOnlineStore:
 
     def _key(self, namespace: str, entity_key: str) -> str:
         return f"{self.key_prefix}{namespace}:{entity_key}"
+
+    def _events_key(self, namespace: str, entity_key: str) -> str:
+        return f"{self.key_prefix}{namespace}#events:{entity_key}"
 
     def _run(self, call: Callable[[], Any]) -> Any:
         try:
