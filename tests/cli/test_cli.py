@@ -46,6 +46,7 @@ def test_help_lists_every_command() -> None:
         ["policy", "list"],
         ["features", "list"],
         ["features", "show"],
+        ["features", "skew"],
         ["datasets", "list"],
         ["datasets", "show"],
     ],

@@ -43,10 +43,10 @@ def test_windows_include_their_end_and_exclude_their_start(project: Project) -> 
         {
             "user_id": [1, 1, 1, 1],
             "event_timestamp": [
-                end - timedelta(days=7),  # exactly one window back: out
-                end - timedelta(days=7) + timedelta(microseconds=1),  # just inside
-                end,  # at the row's time: in
-                end + timedelta(microseconds=1),  # after the row: out
+                end - timedelta(days=7) - timedelta(microseconds=1),  # just before the window: out
+                end - timedelta(days=7),  # exactly one window back: in
+                end - timedelta(microseconds=1),  # just before the row: in
+                end,  # at the row's time (the event being scored): out
             ],
             "amount": [1000.0, 1.0, 2.0, 4000.0],
         }
@@ -72,10 +72,13 @@ def test_late_events_count_only_once_created(project: Project) -> None:
     )
     view = transactions_view(project, frame, created=True)
     entity = pd.DataFrame(
-        {"user_id": [1, 1], "event_timestamp": [ts("2026-01-02 00:00"), ts("2026-01-03 00:00")]}
+        {
+            "user_id": [1, 1, 1],
+            "event_timestamp": [ts("2026-01-02 00:00"), ts("2026-01-03 00:00"), ts("2026-01-03 00:01")],
+        }
     )
     result = project.get_historical_features(entity, [f"{view.name}:spend_7d"])
-    assert result.spend_7d.tolist() == [5.0, 12.0]
+    assert result.spend_7d.tolist() == [5.0, 5.0, 12.0]  # known strictly after its creation
 
 
 def random_events(seed: int, created: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -106,11 +109,11 @@ def brute_force(frame: pd.DataFrame, user: int, at: pd.Timestamp, aggregation: A
     """The definition, row by row."""
     visible = frame[
         (frame.user_id == user)
-        & (frame.event_timestamp <= at)
-        & (frame.event_timestamp > at - aggregation.window)
+        & (frame.event_timestamp < at)
+        & (frame.event_timestamp >= at - aggregation.window)
     ]
     if "created_timestamp" in frame:
-        visible = visible[visible.created_timestamp <= at]
+        visible = visible[visible.created_timestamp < at]
     if aggregation.column is None:
         return len(visible)
     values = visible[aggregation.column].dropna()
@@ -143,8 +146,8 @@ def test_aggregations_equal_the_row_by_row_definition(project: Project, seed: in
 
 def test_online_aggregate_matches_the_definition() -> None:
     now = ts("2026-01-10").timestamp()
-    events = [(now - 7 * 86_400, {"amount": 100.0}), (now - 60, {"amount": 2.0}), (now, {"amount": None})]
-    events.append((now + 1, {"amount": 50.0}))  # after now: not yet
+    events = [(now - 7 * 86_400 - 1, {"amount": 100.0}), (now - 7 * 86_400, {"amount": 2.0})]
+    events += [(now - 60, {"amount": None}), (now, {"amount": 50.0})]  # at now: not yet
     assert aggregate_online(Aggregation("amount", "sum", "7d"), events, now) == 2.0
     assert aggregate_online(Aggregation(None, "count", "7d"), events, now) == 2
     assert aggregate_online(Aggregation("amount", "count", "7d"), events, now) == 1

@@ -24,11 +24,11 @@ def test_online_aggregates_equal_the_training_set_at_the_same_moment(
 ) -> None:
     frame, _ = random_events(3, created=False)
     end = ts("2026-01-25")
-    frame = frame[frame.event_timestamp <= end]  # nothing happens after the materialisation
+    frame = frame[frame.event_timestamp < end]  # nothing happens after the materialisation
     view = transactions_view(online_project, frame)
     written = online_project.materialize(end=end)
     assert written[view.name] == int(
-        ((frame.event_timestamp > end - view.ttl) & (frame.event_timestamp <= end)).sum()
+        ((frame.event_timestamp >= end - view.ttl) & (frame.event_timestamp <= end)).sum()
     )
     now = end + timedelta(hours=hours_after)  # windows slide with the clock, without a new materialisation
     clock.set(now)
@@ -64,7 +64,7 @@ def test_materialising_a_window_again_does_not_count_twice(online_project: Proje
 def test_pushed_events_are_counted_at_once(online_project: Project, clock) -> None:
     frame = pd.DataFrame({"user_id": [1], "event_timestamp": [ts("2026-01-01")], "amount": [10.0]})
     view = transactions_view(online_project, frame)
-    clock.set(ts("2026-01-03 12:00"))
+    clock.set(ts("2026-01-03 12:01"))
     online_project.materialize(end=ts("2026-01-03 12:00"))
     online_project.push(
         view.name, [{"user_id": 1, "event_timestamp": "2026-01-03T11:59:00+00:00", "amount": 5.0}]
@@ -77,6 +77,10 @@ def test_pushed_events_are_counted_at_once(online_project: Project, clock) -> No
     )
     assert online.values == {"spend_7d": [15.0], "txn_count_7d": [3], "amount_min_1h": [5.0]}
     assert online.event_timestamps["spend_7d"] == [ts("2026-01-03 12:00").timestamp()]
+    clock.set(ts("2026-01-08 12:00"))  # the first event (Jan 1) has left the 7-day window
+    assert online_project.get_online_features({"user_id": [1]}, [f"{view.name}:spend_7d"]).values == {
+        "spend_7d": [5.0]
+    }
     with pytest.raises(ValidationError, match="lacks \\['amount'\\]"):
         online_project.push(view.name, [{"user_id": 1, "event_timestamp": "2026-01-03T12:00:00"}])
     with pytest.raises(ValidationError, match="ISO 8601"):

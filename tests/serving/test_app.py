@@ -2,10 +2,12 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 
+import orjson
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from loopml.features.lookup_log import read_lookups
 from loopml.project import Project
 from loopml.serving.app import create_app
 from loopml.serving.prediction_log import read_labelled_predictions, read_predictions
@@ -70,6 +72,21 @@ def test_predictions_and_feedback_are_logged_and_joinable(served, clock) -> None
         project.offline, "toy", *window, labels_until=clock.now() - timedelta(minutes=1)
     )
     assert dict(zip(earlier.prediction_id, earlier.label, strict=True)) == {ids[0]: 1.0}
+
+
+def test_the_feature_reads_of_predictions_are_logged_under_the_prediction_id(served) -> None:
+    project, client = served
+    known, unknown = predict(client, user=3), predict(client, user=999)
+    client.post("/v1/predictions/flush").raise_for_status()
+    logged = read_lookups(project.offline, START, START + pd.Timedelta(days=11))
+    assert logged.lookup_id.tolist() == sorted([known["prediction_id"], unknown["prediction_id"]])
+    assert set(logged.source) == {"endpoint:toy"} and set(logged.view) == {"users"}
+    rows = logged.set_index("lookup_id")
+    assert orjson.loads(rows.entities[known["prediction_id"]]) == {"user_id": 3}
+    assert orjson.loads(rows.statuses[known["prediction_id"]]) == {"risk": "present"}
+    assert orjson.loads(rows.statuses[unknown["prediction_id"]]) == {"risk": "missing"}
+    served_risk = project.get_online_features({"user_id": [3]}, ["users:risk"]).values["risk"][0]
+    assert orjson.loads(rows["values"][known["prediction_id"]]) == {"risk": served_risk}
 
 
 def test_missing_feature_values_are_reported_not_fatal(served) -> None:

@@ -61,11 +61,12 @@ def test_event_logs_append_query_replace_and_trim(store: OnlineStore) -> None:
         ("u2", 15.0, {"a": None}),
     ]
     assert store.write_events("agg", EventWrite(events)) == 4
-    found = store.lookup([], [EventQuery("agg", "u1", 10.0, 20.0), EventQuery("agg", "u2", 0.0, 100.0)])
-    assert found.events[("agg", "u1")] == [
-        (20.0, {"a": 2.0}),
-        (20.0, {"a": 2.0}),
-    ]  # (since, until]; twins kept
+    found = store.lookup([], [EventQuery("agg", "u1", 20.0, 30.0), EventQuery("agg", "u2", 0.0, 100.0)])
+    twins = [(20.0, {"a": 2.0}), (20.0, {"a": 2.0})]
+    assert found.events[("agg", "u1")] == twins  # [since, until): equal events stay distinct
+    assert store.lookup([], [EventQuery("agg", "u1", 0.0, 20.0)]).events[("agg", "u1")] == [
+        (10.0, {"a": 1.0})
+    ]
     assert found.events[("agg", "u2")] == [(15.0, {"a": None})]
     # Re-materialising [15, 25] replaces u1's events there, keeps the one at 10 and leaves u2 alone.
     store.write_events("agg", EventWrite([("u1", 21.0, {"a": 5.0})], replace=(15.0, 25.0)))
@@ -73,7 +74,7 @@ def test_event_logs_append_query_replace_and_trim(store: OnlineStore) -> None:
     found = store.lookup([], everything)
     assert found.events[("agg", "u1")] == [(10.0, {"a": 1.0}), (21.0, {"a": 5.0})]
     assert found.events[("agg", "u2")] == [(15.0, {"a": None})]
-    store.write_events("agg", EventWrite([("u1", 30.0, {"a": 3.0})], keep_after=10.0))
+    store.write_events("agg", EventWrite([("u1", 30.0, {"a": 3.0})], keep_from=21.0))
     assert [ts for ts, _ in store.lookup([], everything).events[("agg", "u1")]] == [21.0, 30.0]
     assert store.count("agg") == 2
 
@@ -83,7 +84,7 @@ def test_one_lookup_reads_rows_and_event_logs(store: OnlineStore) -> None:
     store.write_events("agg", EventWrite([("u1", 5.0, {"a": 1.5})]))
     found = store.lookup(
         [("plain", "u1"), ("plain", "u9")],
-        [EventQuery("agg", "u1", 0.0, 5.0), EventQuery("agg", "u9", 0.0, 5.0)],
+        [EventQuery("agg", "u1", 0.0, 6.0), EventQuery("agg", "u9", 0.0, 6.0)],
     )
     assert found.rows[("plain", "u1")].values == {"x": 1} and ("plain", "u9") not in found.rows
     assert found.events == {("agg", "u1"): [(5.0, {"a": 1.5})], ("agg", "u9"): []}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +10,19 @@ import typer
 import yaml
 from rich.table import Table
 
-from loopml.cli.common import ProjectOption, console, open_project
+from loopml.cli.common import ProjectOption, console, open_project, parse_time
 from loopml.data.snapshots import get_snapshot, list_snapshots
 from loopml.features.registry import definition_versions, list_definitions
+from loopml.features.skew import (
+    DEFAULT_MAX_LOOKUPS,
+    OFFLINE_MISSING,
+    ONLINE_MISSING,
+    ONLINE_NEWER,
+    STALE,
+    VALUE_DIFFERS,
+    SkewReport,
+    skew_report,
+)
 
 features_app = typer.Typer(help="Entities, feature views and feature services.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Dataset snapshots (training sets).", no_args_is_help=True)
@@ -44,6 +54,50 @@ def show(
     versions = definition_versions(project.metadata, KINDS[kind], name)
     console.print(yaml.safe_dump(versions[-1].spec, sort_keys=False), end="")
     console.print("versions: " + ", ".join(f"v{v.version} ({v.created_at:%Y-%m-%d %H:%M})" for v in versions))
+
+
+@features_app.command()
+def skew(
+    since: str | None = typer.Option(
+        None, help="Start of the window (ISO time); default --days before --until."
+    ),
+    until: str | None = typer.Option(None, help="End of the window (ISO time); default now."),
+    days: float | None = typer.Option(
+        None, min=0, help="Window length in days when --since is not given [1]."
+    ),
+    feature: list[str] | None = typer.Option(
+        None, "--feature", "-f", help="A 'view:feature' to check (repeatable); default every logged feature."
+    ),
+    service: str | None = typer.Option(None, help="Check the features of this feature service."),
+    max_lookups: int = typer.Option(
+        DEFAULT_MAX_LOOKUPS, min=1, help="Replay a uniform sample of this many lookups when more were logged."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    project_dir: Path = ProjectOption,
+) -> None:
+    """Training/serving skew: replay logged online lookups offline and report mismatches per feature."""
+    if since is not None and days is not None:
+        raise typer.BadParameter("--since and --days both set the window's start; pass one of them.")
+    if feature and service:
+        raise typer.BadParameter("--feature and --service both choose the features; pass one of them.")
+    project = open_project(project_dir)
+    end = parse_time(until, project)
+    start = (
+        parse_time(since, project) if since is not None else end - timedelta(days=1 if days is None else days)
+    )
+    chosen = project.get_feature_service(service) if service else feature or None
+    report = skew_report(project, start, end, chosen, max_lookups=max_lookups)
+    if as_json:
+        console.print_json(data=report.to_dict())
+        return
+    if report.lookups == 0:
+        console.print(
+            f"No feature lookups were logged from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M}: serving logs "
+            "the reads of POST /v1/features/online and of model endpoints. Widen the window with --since or "
+            "--days."
+        )
+        return
+    _print_skew(report)
 
 
 @datasets_app.command("list")
@@ -86,6 +140,56 @@ def show_dataset(snapshot_id: str, project_dir: Path = ProjectOption) -> None:
         "created_at": s.created_at.isoformat(),
     }
     console.print(yaml.safe_dump(details, sort_keys=False), end="")
+
+
+def _print_skew(report: SkewReport) -> None:
+    sampled = f", a sample of {report.replayed} replayed" if report.replayed < report.lookups else ""
+    console.print(
+        f"{report.lookups} feature lookups from {report.start:%Y-%m-%d %H:%M} to {report.end:%Y-%m-%d %H:%M}"
+        f"{sampled}, recomputed offline as of their lookup time"
+    )
+    table = Table(
+        "feature",
+        "lookups",
+        "compared",
+        "mismatches",
+        "rate",
+        "online missing",
+        "offline missing",
+        "stale",
+        "value differs",
+        "online newer",
+    )
+    for f in report.features:
+        table.add_row(
+            f.feature,
+            str(f.lookups),
+            str(f.compared),
+            str(f.mismatches),
+            f"{f.mismatch_rate:.1%}",
+            *(
+                str(f.reasons[r])
+                for r in (ONLINE_MISSING, OFFLINE_MISSING, STALE, VALUE_DIFFERS, ONLINE_NEWER)
+            ),
+            style="red" if f.mismatches else None,
+        )
+    console.print(table)
+    if not report.samples:
+        return
+    examples = Table(
+        "feature", "lookup time", "entity", "online (status, event time)", "offline (event time)", "why"
+    )
+    for m in report.samples:
+        examples.add_row(
+            m.feature,
+            f"{m.lookup_ts:%Y-%m-%d %H:%M:%S}",
+            ", ".join(f"{k}={v}" for k, v in m.entities.items()),
+            f"{m.online_value} ({m.online_status}, {_time(m.online_event_ts)})",
+            f"{m.offline_value} ({_time(m.offline_event_ts)})",
+            m.reason,
+        )
+    console.print("Examples:")
+    console.print(examples)
 
 
 def _details(kind: str, spec: dict[str, Any]) -> str:

@@ -1,8 +1,9 @@
 """Windowed aggregations, one definition computed two ways that agree: in DuckDB for training sets and in
 Python over the events kept online for serving.
 
-An event counts for time t when t - window < event time <= t (and, if the source has a created time, it was
-created by t). Count and sum over no events are 0; mean, min and max are null.
+An event counts for time t when t - window <= event time < t and, if the source has a created time, it was
+created before t: strictly before, so the event being scored at t never counts in its own features. Count and
+sum over no events are 0; mean, min and max are null.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def aggregation_ctes(
         for a, out in wanted
     )
     named = ", ".join(
-        f"w{i} AS (PARTITION BY {key_list} ORDER BY __ts RANGE BETWEEN to_microseconds({size - 1}) PRECEDING "
-        "AND CURRENT ROW)"
+        f"w{i} AS (PARTITION BY {key_list} ORDER BY __ts RANGE BETWEEN to_microseconds({size}) PRECEDING "
+        "AND to_microseconds(1) PRECEDING)"
         for i, size in enumerate(windows)
     )
     result = (
@@ -97,15 +98,15 @@ def _range_join_cte(
 ) -> str:
     longest = max(micros(a.window) for a, _ in wanted)
     selects = ", ".join(
-        _sql_aggregate(a, "f.", f"FILTER (WHERE f.__ts > {entity_ts} - to_microseconds({micros(a.window)}))")
+        _sql_aggregate(a, "f.", f"FILTER (WHERE f.__ts >= {entity_ts} - to_microseconds({micros(a.window)}))")
         + f" AS {quote(out)}"
         for a, out in wanted
     )
     on = " AND ".join(f"f.{k} = e.{k}" for k in keys)
     return (
         f"{alias} AS (SELECT e.{row_id}, {selects} FROM entity_df AS e LEFT JOIN {alias}_events AS f "
-        f"ON {on} AND f.__ts <= {entity_ts} AND f.__created <= {entity_ts} "
-        f"AND f.__ts > {entity_ts} - to_microseconds({longest}) GROUP BY e.{row_id})"
+        f"ON {on} AND f.__ts < {entity_ts} AND f.__created < {entity_ts} "
+        f"AND f.__ts >= {entity_ts} - to_microseconds({longest}) GROUP BY e.{row_id})"
     )
 
 
@@ -116,9 +117,9 @@ def aggregate_online(
     window = aggregation.window.total_seconds()
     since = now_ts - window
     if aggregation.column is None:
-        return sum(1 for ts, _ in events if since < ts <= now_ts)
+        return sum(1 for ts, _ in events if since <= ts < now_ts)
     values = [
-        v for ts, row in events if since < ts <= now_ts and (v := row.get(aggregation.column)) is not None
+        v for ts, row in events if since <= ts < now_ts and (v := row.get(aggregation.column)) is not None
     ]
     if aggregation.function == "count":
         return len(values)

@@ -93,7 +93,7 @@ def duration_label(value: timedelta) -> str:
 
 @dataclass(frozen=True)
 class Aggregation:
-    """A windowed aggregate of an event source column, point-in-time: events with t - window < time <= t.
+    """A windowed aggregate of an event source column, point-in-time: events with t - window <= time < t.
 
     `Aggregation("amount", "sum", "7d", name="spend_7d")` is a user's spending over the last 7 days. Count and
     sum over an empty window are 0; mean, min and max are null. `column=None` counts events.

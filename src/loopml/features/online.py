@@ -90,7 +90,7 @@ def _materialize_events(
     )
     n_keys = len(view.join_keys)
     replace = (start.timestamp(), end.timestamp())
-    keep_after = end.timestamp() - view.ttl.total_seconds()
+    keep_from = end.timestamp() - view.ttl.total_seconds()
     written = 0
     pending: list[tuple[str, float, dict[str, Any]]] = []
     with connect() as conn:
@@ -105,9 +105,9 @@ def _materialize_events(
             ready = [event for event in pending if event[0] != last]
             pending = pending[len(ready) :]
             if ready:
-                written += online.write_events(view.name, EventWrite(ready, replace, keep_after))
+                written += online.write_events(view.name, EventWrite(ready, replace, keep_from))
     if pending:
-        written += online.write_events(view.name, EventWrite(pending, replace, keep_after))
+        written += online.write_events(view.name, EventWrite(pending, replace, keep_from))
     return written
 
 
@@ -137,9 +137,7 @@ def push(online: OnlineStore, view: FeatureView, rows: Sequence[Mapping[str, Any
         )
     now_ts = now.timestamp()
     if view.aggregations:
-        return online.write_events(
-            view.name, EventWrite(parsed, keep_after=now_ts - view.ttl.total_seconds())
-        )
+        return online.write_events(view.name, EventWrite(parsed, keep_from=now_ts - view.ttl.total_seconds()))
     return online.write(view.name, [(key, ts, now_ts, values) for key, ts, values in parsed])
 
 
@@ -248,5 +246,5 @@ def _aggregate_cell(
     aggregation = next(a for a in view.aggregations if a.name == feature)
     value = aggregate_online(aggregation, events, now_ts)
     since = now_ts - aggregation.window.total_seconds()
-    newest = max((ts for ts, _ in events if since < ts <= now_ts), default=None)
+    newest = max((ts for ts, _ in events if since <= ts < now_ts), default=None)
     return value, NULL if value is None else PRESENT, newest

@@ -1,7 +1,8 @@
 """The data plane: `loopml serve`'s HTTP API.
 
 Prediction requests are answered from memory (routes, loaded models) and the online store; the prediction
-and its inputs are queued for the background log writer, so the hot path writes nothing synchronously.
+with its inputs, and the feature lookup, are queued for background log writers, so the hot path writes nothing
+synchronously.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel, Field
 
 from loopml.errors import LoopmlError, NotFoundError, ValidationError
+from loopml.features.lookup_log import FEATURE_LOOKUPS, LOOKUP_SCHEMA
 from loopml.features.online import PRESENT, read_online
-from loopml.serving.feature_routes import feature_routes
+from loopml.serving.feature_routes import feature_routes, log_lookups
 from loopml.serving.prediction_log import LABEL_SCHEMA, LABELS, PREDICTION_SCHEMA, PREDICTIONS, BatchWriter
 from loopml.serving.router import LoadedModel, Router
 from loopml.training.evaluation import predict_scores
@@ -71,6 +73,11 @@ class Metrics:
             registry=self.registry,
         )
         self.feedback = Counter("loopml_feedback_total", "Labels received.", registry=self.registry)
+        self.lookups_dropped = Counter(
+            "loopml_feature_lookup_log_dropped_total",
+            "Feature lookup log records dropped because the queue was full.",
+            registry=self.registry,
+        )
 
 
 def create_app(project: Project) -> FastAPI:
@@ -94,6 +101,14 @@ def create_app(project: Project) -> FastAPI:
         writers[LABELS] = BatchWriter(
             project.offline, LABELS, LABEL_SCHEMA, flush_seconds=float(serving["log_flush_seconds"])
         )
+        writers[FEATURE_LOOKUPS] = BatchWriter(
+            project.offline,
+            FEATURE_LOOKUPS,
+            LOOKUP_SCHEMA,
+            batch_size=int(serving["log_batch_size"]),
+            flush_seconds=float(serving["log_flush_seconds"]),
+            on_drop=metrics.lookups_dropped.inc,
+        )
         refresher = asyncio.create_task(_refresh_routes(router))
         try:
             yield
@@ -106,7 +121,7 @@ def create_app(project: Project) -> FastAPI:
                     logger.exception("Closing the %s writer failed", writer.dataset)
 
     app = FastAPI(title="loopml", version="0.1.0", lifespan=lifespan)
-    app.include_router(feature_routes(project, router, metrics.registry))
+    app.include_router(feature_routes(project, router, metrics.registry, writers))
 
     @app.exception_handler(LoopmlError)
     async def loopml_error(_: Request, exc: LoopmlError) -> JSONResponse:
@@ -189,6 +204,9 @@ def create_app(project: Project) -> FastAPI:
                 "latency_seconds": latency,
             }
         )
+        log_lookups(
+            writers[FEATURE_LOOKUPS], prediction_id, f"endpoint:{name}", now, model.feature_requests, fetched
+        )
         metrics.predictions.labels(name).inc()
         metrics.latency.labels(name).observe(latency)
         return {
@@ -218,7 +236,7 @@ def create_app(project: Project) -> FastAPI:
 
     @app.post("/v1/predictions/flush")
     async def flush() -> dict[str, bool]:
-        """Write everything queued so far (predictions and labels) before answering."""
+        """Write everything queued so far (predictions, labels, feature lookups) before answering."""
         for writer in writers.values():
             await asyncio.to_thread(writer.flush)
         return {"flushed": True}

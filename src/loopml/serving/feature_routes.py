@@ -1,27 +1,35 @@
 """The feature server inside `loopml serve`: online reads and pushed values over HTTP.
 
 Feature views come from the router's cache (refreshed with the routes), so a read touches only the online
-store. Reads observe their latency and the age of what they returned, per view.
+store. Reads observe their latency and the age of what they returned, per view, and are queued for the
+feature lookup log (the skew check's input).
 """
 
 from __future__ import annotations
 
+import logging
 import time
+import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from fastapi import APIRouter
 from prometheus_client import CollectorRegistry, Histogram
 from pydantic import BaseModel, Field
 
-from loopml.clock import as_utc
-from loopml.errors import ValidationError
 from loopml.features.definitions import FeatureView, feature_column, group_feature_refs
-from loopml.features.online import entity_key, read_online
+from loopml.features.lookup_log import FEATURE_LOOKUPS, FEATURE_SERVER, lookup_records
+from loopml.features.online import OnlineFeatures, read_online
+from loopml.features.online import push as push_rows
+from loopml.serving.prediction_log import BatchWriter
 from loopml.serving.router import Router
 
 if TYPE_CHECKING:
     from loopml.project import Project
+
+logger = logging.getLogger(__name__)
 
 AGE_BUCKETS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 86_400, 7 * 86_400)
 
@@ -56,7 +64,10 @@ class FeatureMetrics:
         )
 
 
-def feature_routes(project: Project, router: Router, registry: CollectorRegistry) -> APIRouter:
+def feature_routes(
+    project: Project, router: Router, registry: CollectorRegistry, writers: dict[str, BatchWriter]
+) -> APIRouter:
+    """The /v1/features routes; online reads are logged through `writers[FEATURE_LOOKUPS]`."""
     metrics = FeatureMetrics(registry)
     api = APIRouter(prefix="/v1/features")
 
@@ -78,6 +89,15 @@ def feature_routes(project: Project, router: Router, registry: CollectorRegistry
             ]:
                 if event_ts is not None:
                     metrics.age_seconds.labels(view.name).observe(now.timestamp() - event_ts)
+        log_lookups(
+            writers[FEATURE_LOOKUPS],
+            uuid.uuid4().hex,
+            FEATURE_SERVER,
+            now,
+            requests,
+            found,
+            full_feature_names=body.full_feature_names,
+        )
         return {
             "entities": found.entities,
             "features": {
@@ -92,35 +112,30 @@ def feature_routes(project: Project, router: Router, registry: CollectorRegistry
 
     @api.post("/push")
     def push(body: PushRequest) -> dict[str, int]:
-        """Write fresh values straight to the online store (last write wins by event time)."""
+        """Write fresh values (or, for an aggregation view, events) straight to the online store."""
         view = router.feature_view(body.view)
-        now = project.clock.now().timestamp()
-        rows = [_pushed_row(view, row, index, now) for index, row in enumerate(body.rows)]
-        return {"written": project.online.write(view.name, rows)}
+        return {"written": push_rows(project.online, view, body.rows, now=project.clock.now())}
 
     return api
 
 
-def _pushed_row(
-    view: FeatureView, row: dict[str, Any], index: int, now: float
-) -> tuple[str, float, float, dict[str, Any]]:
-    missing = [k for k in (*view.join_keys, view.source.timestamp_field, *view.feature_names) if k not in row]
-    if missing:
-        raise ValidationError(
-            f"Row {index} pushed to '{view.name}' lacks {missing}; send every join key, the event time and every "
-            "feature (null for none)."
-        )
-    unknown = sorted(set(row) - {*view.join_keys, view.source.timestamp_field, *view.feature_names})
-    if unknown:
-        raise ValidationError(
-            f"Row {index} pushed to '{view.name}' has unknown field(s) {unknown}; its features are "
-            f"{list(view.feature_names)}."
-        )
+def log_lookups(
+    writer: BatchWriter,
+    lookup_id: str,
+    source: str,
+    now: datetime,
+    requests: Sequence[tuple[FeatureView, Sequence[str]]],
+    found: OnlineFeatures,
+    *,
+    full_feature_names: bool = False,
+) -> None:
+    """Queue an online read for the lookup log without ever failing or blocking it (a full queue drops)."""
     try:
-        event_ts = as_utc(datetime.fromisoformat(str(row[view.source.timestamp_field]))).timestamp()
-    except ValueError as exc:
-        raise ValidationError(
-            f"Row {index}: '{view.source.timestamp_field}' must be an ISO 8601 time, got {row[view.source.timestamp_field]!r}."
-        ) from exc
-    values = {name: row[name] for name in view.feature_names}
-    return entity_key([row[k] for k in view.join_keys]), event_ts, now, values
+        records = lookup_records(
+            lookup_id, source, now, requests, found, full_feature_names=full_feature_names
+        )
+    except orjson.JSONEncodeError as exc:
+        logger.warning("Lookup %s from %s is not logged: %s", lookup_id, source, exc)
+        return
+    for record in records:
+        writer.put(record)

@@ -66,7 +66,7 @@ Event = tuple[float, dict[str, Any]]  # (event time in seconds since the epoch, 
 
 @dataclass(frozen=True)
 class EventQuery:
-    """The events of one key with since < event time <= until."""
+    """The events of one key with since <= event time < until."""
 
     namespace: str
     key: str
@@ -85,11 +85,11 @@ class Lookup:
 @dataclass(frozen=True)
 class EventWrite:
     """Events of one or more keys; `replace` = (start, end) first drops those keys' stored events in that
-    range (a re-materialised window never counts twice), and events at or before `keep_after` are trimmed."""
+    range (a re-materialised window never counts twice), and events before `keep_from` are trimmed."""
 
     events: Sequence[tuple[str, float, dict[str, Any]]]
     replace: tuple[float, float] | None = None
-    keep_after: float | None = None
+    keep_from: float | None = None
 
 
 class OnlineStore(Protocol):
@@ -172,10 +172,10 @@ class SQLiteOnlineStore:
                     for key, ts, values in batch.events
                 ],
             )
-            if batch.keep_after is not None:
+            if batch.keep_from is not None:
                 conn.executemany(
-                    "DELETE FROM online_events WHERE namespace = ? AND entity_key = ? AND event_ts <= ?",
-                    [(namespace, key, batch.keep_after) for key in keys],
+                    "DELETE FROM online_events WHERE namespace = ? AND entity_key = ? AND event_ts < ?",
+                    [(namespace, key, batch.keep_from) for key in keys],
                 )
         except BaseException:
             conn.execute("ROLLBACK")
@@ -194,7 +194,7 @@ class SQLiteOnlineStore:
             for query in events:
                 cursor = conn.execute(
                     "SELECT event_ts, payload FROM online_events WHERE namespace = ? AND entity_key = ? "
-                    "AND event_ts > ? AND event_ts <= ? ORDER BY event_ts",
+                    "AND event_ts >= ? AND event_ts < ? ORDER BY event_ts",
                     (query.namespace, query.key, query.since, query.until),
                 )
                 found.events[(query.namespace, query.key)] = [(ts, orjson.loads(p)) for ts, p in cursor]
@@ -307,8 +307,8 @@ class RedisOnlineStore:
         for query in events:
             pipeline.zrangebyscore(
                 self._events_key(query.namespace, query.key),
-                f"({query.since!r}",
-                repr(query.until),
+                repr(query.since),
+                f"({query.until!r}",
                 withscores=True,
             )
         replies = self._run(pipeline.execute) if keys or events else []
@@ -338,8 +338,8 @@ class RedisOnlineStore:
                 if batch.replace is not None:
                     pipeline.zremrangebyscore(name, repr(batch.replace[0]), repr(batch.replace[1]))
                 pipeline.zadd(name, by_key[key])
-                if batch.keep_after is not None:
-                    pipeline.zremrangebyscore(name, "-inf", repr(batch.keep_after))
+                if batch.keep_from is not None:
+                    pipeline.zremrangebyscore(name, "-inf", f"({batch.keep_from!r}")
             self._run(pipeline.execute)
         return len(batch.events)
 
