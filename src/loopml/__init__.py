@@ -10,12 +10,22 @@ __version__ = "0.1.0"
 from loopml import monitoring
 from loopml.clock import Clock, SimulatedClock, SystemClock
 from loopml.errors import LoopmlError
-from loopml.features import Entity, FeatureService, FeatureView, Field, ParquetSource
+from loopml.features import (
+    Aggregation,
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    OnDemandFeatureView,
+    ParquetSource,
+    on_demand_feature_view,
+)
 from loopml.loop import Controller, DriftRetrainPolicy
 from loopml.project import Project
 from loopml.training import TrainingSpec
 
 __all__ = [
+    "Aggregation",
     "Clock",
     "Controller",
     "DriftRetrainPolicy",
@@ -24,6 +34,7 @@ __all__ = [
     "FeatureView",
     "Field",
     "LoopmlError",
+    "OnDemandFeatureView",
     "ParquetSource",
     "Project",
     "SimulatedClock",
@@ -31,4 +42,5 @@ __all__ = [
     "TrainingSpec",
     "__version__",
     "monitoring",
+    "on_demand_feature_view",
 ]

@@ -13,7 +13,13 @@ from loopml.clock import Clock, SystemClock, as_utc
 from loopml.config import load_config
 from loopml.features import historical, online
 from loopml.features import registry as feature_registry
-from loopml.features.definitions import Entity, FeatureService, FeatureView, group_feature_refs
+from loopml.features.definitions import (
+    Entity,
+    FeatureService,
+    FeatureView,
+    feature_column,
+)
+from loopml.features.on_demand import FeaturePlan, OnDemandFeatureView, plan_features, run_transforms
 from loopml.features.registry import AppliedChange
 from loopml.registry.models import ModelRegistry
 from loopml.schema import register_all_tables
@@ -53,9 +59,11 @@ class Project:
 
     # features
     def apply(
-        self, objects: Iterable[Entity | FeatureView | FeatureService], actor: str = "loopml"
+        self,
+        objects: Iterable[Entity | FeatureView | OnDemandFeatureView | FeatureService],
+        actor: str = "loopml",
     ) -> list[AppliedChange]:
-        """Record entity, feature view and feature service definitions (like `feast apply`)."""
+        """Record entity, feature view, on-demand view and feature service definitions (like `feast apply`)."""
         return feature_registry.apply(self.metadata, objects, actor)
 
     def get_historical_features(
@@ -66,15 +74,25 @@ class Project:
         timestamp_field: str = "event_timestamp",
         full_feature_names: bool = False,
     ) -> pd.DataFrame:
-        """Point-in-time correct features for each row of `entity_df` (a list of 'view:feature' or a service)."""
-        return historical.get_historical_features(
+        """Point-in-time correct features for each row of `entity_df` (a list of 'view:feature' or a service).
+
+        On-demand features are computed from the retrieved ones and from `entity_df`'s request columns.
+        """
+        plan = self._plan(features)
+        frame = historical.get_historical_features(
             entity_df,
-            self._requests(features),
+            plan.views,
             base_dir=self.path,
             timestamp_field=timestamp_field,
             full_feature_names=full_feature_names,
             connect=self.offline.connect,
         )
+        if not plan.transforms and not plan.hidden:
+            return frame
+        columns = {c: frame[c].astype(object).where(frame[c].notna(), None).tolist() for c in frame.columns}
+        outputs = run_transforms(plan, columns, columns, len(frame), full_feature_names)
+        hidden = [feature_column(view, feature, full_feature_names) for view, feature in plan.hidden]
+        return pd.concat([frame.drop(columns=hidden), pd.DataFrame(outputs, index=frame.index)], axis=1)
 
     def materialize(
         self, end: datetime, start: datetime | None = None, views: Sequence[str] | None = None
@@ -107,16 +125,18 @@ class Project:
         entities: Mapping[str, Sequence[Any]],
         features: Sequence[str] | FeatureService,
         *,
+        request_data: Mapping[str, Sequence[Any]] | None = None,
         full_feature_names: bool = False,
     ) -> online.OnlineFeatures:
-        """Current feature values for entities, with a status (present, missing, expired, null) per value."""
-        return online.read_online(
-            self.online,
-            self._requests(features),
-            entities,
-            now=self.clock.now(),
-            full_feature_names=full_feature_names,
+        """Current feature values for entities, with a status (present, missing, expired, null) per value.
+
+        `request_data` holds the request-time columns on-demand views read (one value per entity row).
+        """
+        plan = self._plan(features)
+        found = online.read_online(
+            self.online, plan.views, entities, now=self.clock.now(), full_feature_names=full_feature_names
         )
+        return online.with_transforms(plan, found, request_data, full_feature_names=full_feature_names)
 
     def get_feature_service(self, name: str) -> FeatureService:
         return feature_registry.get_feature_service(self.metadata, name)
@@ -133,23 +153,27 @@ class Project:
                 df, refs, timestamp_field=spec.timestamp_field
             ),
             code_dir=self.path,
-            view_versions={
-                view: feature_registry.definition_versions(self.metadata, "feature_view", view)[-1].version
-                for view in group_feature_refs(spec.features)
-            },
+            view_versions=self._view_versions(spec.features),
         )
 
     def close(self) -> None:
         self.online.close()
         self.metadata.dispose()
 
-    def _requests(self, features: Sequence[str] | FeatureService) -> list[tuple[FeatureView, list[str]]]:
+    def _view_versions(self, features: Sequence[str]) -> dict[str, int]:
+        """The applied version of every view (on-demand ones included) that `features` read."""
+        plan = self._plan(features)
+        kinds = [("feature_view", view.name) for view, _ in plan.views]
+        kinds += [("on_demand_feature_view", odfv.name) for odfv, _ in plan.transforms]
+        return {
+            name: feature_registry.definition_versions(self.metadata, kind, name)[-1].version
+            for kind, name in kinds
+        }
+
+    def _plan(self, features: Sequence[str] | FeatureService) -> FeaturePlan:
         if isinstance(features, FeatureService):
             features = features.features
-        return [
-            (feature_registry.get_feature_view(self.metadata, view), names)
-            for view, names in group_feature_refs(features).items()
-        ]
+        return plan_features(features, lambda name: feature_registry.get_view(self.metadata, name, self.path))
 
     def _local(self, location: str) -> str:
         if "://" in location:

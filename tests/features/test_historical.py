@@ -108,7 +108,7 @@ def test_bad_requests_get_clear_errors(project: Project, user_view, entities, fe
 
 
 def test_unknown_view_is_not_found(project: Project, user_view) -> None:
-    with pytest.raises(NotFoundError, match="No feature view named 'nope'"):
+    with pytest.raises(NotFoundError, match="No feature view or on-demand view named 'nope'"):
         project.get_historical_features(entity_rows((1, "2026-01-01")), ["nope:score"])
 
 
@@ -150,7 +150,7 @@ def test_a_feature_service_names_what_training_and_serving_read(project: Project
 def test_a_service_must_reference_existing_features(project: Project, user_view) -> None:
     from loopml.features import FeatureService
 
-    with pytest.raises(ValidationError, match="reads view 'ghost', which is not defined"):
+    with pytest.raises(ValidationError, match="reads view 'ghost', which is not a defined feature view"):
         project.apply([FeatureService("s", ["ghost:x"])])
     with pytest.raises(ValidationError, match="has no feature 'nope'"):
         project.apply([FeatureService("s", ["user_scores:nope"])])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import runpy
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,8 @@ from loopml.errors import ValidationError
 def collect(directory: Path, kinds: tuple[type, ...], files: list[Path] | None = None) -> list[Any]:
     """Every instance of `kinds` defined at module level in the project's .py files (or the given files).
 
-    Each file runs once, with the project directory importable.
+    Each file is imported once as a module named after it (so functions defined there, such as on-demand
+    views, can be imported again by serving), with the project directory importable.
     """
     paths = files or sorted(p for p in directory.glob("*.py") if not p.name.startswith("_"))
     found: dict[int, Any] = {}
@@ -21,7 +22,7 @@ def collect(directory: Path, kinds: tuple[type, ...], files: list[Path] | None =
     try:
         for path in paths:
             try:
-                namespace = runpy.run_path(str(path))
+                namespace = vars(_import_file(path))
             except Exception as exc:
                 raise ValidationError(
                     f"Loading definitions from {path} failed: {type(exc).__name__}: {exc}"
@@ -32,3 +33,17 @@ def collect(directory: Path, kinds: tuple[type, ...], files: list[Path] | None =
     finally:
         sys.path.remove(str(directory.resolve()))
     return list(found.values())
+
+
+def _import_file(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise ValidationError(f"{path} cannot be imported as a Python module.")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[path.stem]
+        raise
+    return module

@@ -15,7 +15,7 @@ from loopml.cli.common import ProjectOption, console, err_console, open_project,
 from loopml.cli.definitions import collect
 from loopml.config import write_config
 from loopml.errors import LoopmlError, NotFoundError
-from loopml.features import Entity, FeatureService, FeatureView
+from loopml.features import Entity, FeatureService, FeatureView, OnDemandFeatureView
 from loopml.features.registry import plan
 from loopml.loop.controller import Controller
 from loopml.loop.policy import DriftRetrainPolicy, list_policies, save_policy
@@ -54,8 +54,9 @@ def apply(
 ) -> None:
     """Register entities, feature views, feature services and policies defined in Python: prints the plan, then applies."""
     project = open_project(project_dir)
-    found = collect(project.path, (Entity, FeatureView, FeatureService, DriftRetrainPolicy), files)
-    objects = [o for o in found if isinstance(o, Entity | FeatureView | FeatureService)]
+    kinds = (Entity, FeatureView, OnDemandFeatureView, FeatureService)
+    found = collect(project.path, (*kinds, DriftRetrainPolicy), files)
+    objects = [o for o in found if isinstance(o, kinds)]
     policies = [o for o in found if isinstance(o, DriftRetrainPolicy)]
     if not objects and not policies:
         console.print(

@@ -16,6 +16,7 @@ from loopml.errors import ValidationError
 from loopml.features.aggregations import aggregate_online, value_columns
 from loopml.features.definitions import FeatureView, feature_column
 from loopml.features.historical import source_sql
+from loopml.features.on_demand import FeaturePlan, run_transforms
 from loopml.storage.offline import duckdb_connection, quote
 from loopml.storage.online import Event, EventQuery, EventWrite, OnlineRow, OnlineStore
 
@@ -118,6 +119,8 @@ def push(online: OnlineStore, view: FeatureView, rows: Sequence[Mapping[str, Any
     feature (last write wins by event time); for an aggregation view, the columns its aggregations read
     (each row is one event, added to the key's log).
     """
+    if not isinstance(view, FeatureView):
+        raise ValidationError(f"'{view.name}' is computed on demand; push to the feature views it reads.")
     columns = value_columns(view) if view.aggregations else list(view.feature_names)
     expected = {*view.join_keys, view.source.timestamp_field, *columns}
     parsed = []
@@ -226,6 +229,32 @@ def read_online(
                 statuses,
                 times,
             )
+    return result
+
+
+def with_transforms(
+    plan: FeaturePlan,
+    found: OnlineFeatures,
+    request_data: Mapping[str, Sequence[Any]] | None = None,
+    *,
+    full_feature_names: bool = False,
+) -> OnlineFeatures:
+    """`found` (a read of `plan.views`) with the on-demand features added and inputs nobody asked for removed."""
+    if not plan.transforms and not plan.hidden:
+        return found
+    rows = len(next(iter(found.entities.values()), []))
+    outputs = run_transforms(plan, found.values, request_data or {}, rows, full_feature_names)
+    hidden = {feature_column(view, feature, full_feature_names) for view, feature in plan.hidden}
+    result = OnlineFeatures(entities=found.entities)
+    for name in found.values:
+        if name not in hidden:
+            result.values[name] = found.values[name]
+            result.statuses[name] = found.statuses[name]
+            result.event_timestamps[name] = found.event_timestamps[name]
+    for name, values in outputs.items():
+        result.values[name] = values
+        result.statuses[name] = [NULL if v is None else PRESENT for v in values]
+        result.event_timestamps[name] = [None] * rows
     return result
 
 

@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -13,10 +14,11 @@ from sqlalchemy import Connection, func, insert, select
 
 from loopml.errors import NotFoundError, ValidationError
 from loopml.features.definitions import Entity, FeatureService, FeatureView, group_feature_refs
+from loopml.features.on_demand import OnDemandFeatureView
 from loopml.features.tables import feature_definitions
 from loopml.storage.metadata import MetadataStore
 
-Definition = Entity | FeatureView | FeatureService
+Definition = Entity | FeatureView | FeatureService | OnDemandFeatureView
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,22 @@ def get_feature_service(metadata: MetadataStore, name: str) -> FeatureService:
     return FeatureService.from_spec(_latest(metadata, "feature_service", name).spec)
 
 
+def get_view(
+    metadata: MetadataStore, name: str, search_path: Path | None = None
+) -> FeatureView | OnDemandFeatureView:
+    """The newest applied version of a feature view or, failing that, of an on-demand view."""
+    try:
+        return get_feature_view(metadata, name)
+    except NotFoundError:
+        try:
+            spec = _latest(metadata, "on_demand_feature_view", name).spec
+        except NotFoundError:
+            raise NotFoundError(
+                f"No feature view or on-demand view named '{name}'; define it and run `loopml apply`."
+            ) from None
+        return OnDemandFeatureView.from_spec(spec, search_path)
+
+
 def list_feature_views(metadata: MetadataStore) -> list[FeatureView]:
     return [FeatureView.from_spec(d.spec) for d in list_definitions(metadata, "feature_view")]
 
@@ -153,28 +171,53 @@ def definition_versions(metadata: MetadataStore, kind: str, name: str) -> list[S
 
 
 def _check_services(conn: Connection, objects: list[Definition]) -> None:
-    """Every feature a service lists must exist in a view applied now or before."""
-    views = {o.name: o for o in objects if isinstance(o, FeatureView)}
-    for service in (o for o in objects if isinstance(o, FeatureService)):
-        for view_name, features in group_feature_refs(service.features).items():
-            view = views.get(view_name)
-            if view is None:
-                spec = conn.execute(
-                    select(feature_definitions.c.spec)
-                    .where(
-                        feature_definitions.c.kind == "feature_view", feature_definitions.c.name == view_name
-                    )
-                    .order_by(feature_definitions.c.version.desc())
-                    .limit(1)
-                ).scalar()
-                if spec is None:
-                    raise ValidationError(
-                        f"FeatureService '{service.name}' reads view '{view_name}', which is not defined; "
-                        "apply the view with it or fix the reference."
-                    )
-                view = FeatureView.from_spec(spec)
+    """Every feature a service or an on-demand view reads must exist in a view applied now or before."""
+    views: dict[str, Any] = {o.name: o for o in objects if isinstance(o, FeatureView | OnDemandFeatureView)}
+    readers = [o for o in objects if isinstance(o, FeatureService | OnDemandFeatureView)]
+    for reader in readers:
+        refs = reader.features if isinstance(reader, FeatureService) else reader.sources
+        for view_name, features in group_feature_refs(refs).items():
+            view = views.get(view_name) or _stored_view(conn, view_name)
+            if view is None or (
+                isinstance(reader, OnDemandFeatureView) and not isinstance(view, FeatureView)
+            ):
+                raise ValidationError(
+                    f"{type(reader).__name__} '{reader.name}' reads view '{view_name}', which is not a defined "
+                    "feature view; apply the view with it or fix the reference."
+                )
             for feature in features:
                 view.dtype_of(feature)
+
+
+def _stored_view(conn: Connection, name: str) -> Any:
+    """The newest stored feature view (or, as a schema only, on-demand view) named `name`, if any."""
+    for kind in ("feature_view", "on_demand_feature_view"):
+        spec = conn.execute(
+            select(feature_definitions.c.spec)
+            .where(feature_definitions.c.kind == kind, feature_definitions.c.name == name)
+            .order_by(feature_definitions.c.version.desc())
+            .limit(1)
+        ).scalar()
+        if spec is not None:
+            if kind == "feature_view":
+                return FeatureView.from_spec(spec)
+            return _SchemaOnly({f["name"]: f["dtype"] for f in spec["schema"]}, name)
+    return None
+
+
+@dataclass(frozen=True)
+class _SchemaOnly:
+    """An applied on-demand view's outputs, checked without importing its code."""
+
+    dtypes: dict[str, str]
+    name: str
+
+    def dtype_of(self, feature: str) -> str:
+        if feature not in self.dtypes:
+            raise ValidationError(
+                f"On-demand view '{self.name}' has no feature '{feature}'; it has {', '.join(self.dtypes)}."
+            )
+        return self.dtypes[feature]
 
 
 def _latest(metadata: MetadataStore, kind: str, name: str) -> StoredDefinition:
@@ -188,6 +231,8 @@ def _kind_of(obj: object) -> str:
         return "entity"
     if isinstance(obj, FeatureService):
         return "feature_service"
+    if isinstance(obj, OnDemandFeatureView):
+        return "on_demand_feature_view"
     raise ValidationError(
-        f"Cannot apply {obj!r}; apply takes Entity, FeatureView and FeatureService objects."
+        f"Cannot apply {obj!r}; apply takes Entity, FeatureView, OnDemandFeatureView and FeatureService objects."
     )

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from loopml.errors import LoopmlError, NotFoundError, ValidationError
 from loopml.features.lookup_log import FEATURE_LOOKUPS, LOOKUP_SCHEMA
-from loopml.features.online import PRESENT, read_online
+from loopml.features.online import PRESENT, read_online, with_transforms
 from loopml.serving.feature_routes import feature_routes, log_lookups
 from loopml.serving.prediction_log import LABEL_SCHEMA, LABELS, PREDICTION_SCHEMA, PREDICTIONS, BatchWriter
 from loopml.serving.router import LoadedModel, Router
@@ -83,7 +83,7 @@ class Metrics:
 def create_app(project: Project) -> FastAPI:
     """Build the serving app for a project; models load at start-up, before the app reports ready."""
     metrics = Metrics()
-    router = Router(project.metadata, project.registry)
+    router = Router(project.metadata, project.registry, project.path)
     serving = project.config["serving"]
     writers: dict[str, BatchWriter] = {}
 
@@ -167,9 +167,9 @@ def create_app(project: Project) -> FastAPI:
             raise ValidationError(
                 f"Endpoint '{name}' needs request input(s) {missing}; send them under 'inputs'."
             )
-        fetched = read_online(
-            project.online, model.feature_requests, {k: [v] for k, v in body.entities.items()}, now=now
-        )
+        plan = model.feature_plan
+        raw = read_online(project.online, plan.views, {k: [v] for k, v in body.entities.items()}, now=now)
+        fetched = with_transforms(plan, raw, {f: [body.inputs[f]] for f in plan.request_fields})
         row = {
             **{f: body.inputs[f] for f in model.request_features},
             **{k: v[0] for k, v in fetched.values.items()},
@@ -204,9 +204,7 @@ def create_app(project: Project) -> FastAPI:
                 "latency_seconds": latency,
             }
         )
-        log_lookups(
-            writers[FEATURE_LOOKUPS], prediction_id, f"endpoint:{name}", now, model.feature_requests, fetched
-        )
+        log_lookups(writers[FEATURE_LOOKUPS], prediction_id, f"endpoint:{name}", now, plan.views, raw)
         metrics.predictions.labels(name).inc()
         metrics.latency.labels(name).observe(latency)
         return {

@@ -19,9 +19,10 @@ from fastapi import APIRouter
 from prometheus_client import CollectorRegistry, Histogram
 from pydantic import BaseModel, Field
 
-from loopml.features.definitions import FeatureView, feature_column, group_feature_refs
+from loopml.features.definitions import FeatureView, feature_column
 from loopml.features.lookup_log import FEATURE_LOOKUPS, FEATURE_SERVER, lookup_records
-from loopml.features.online import OnlineFeatures, read_online
+from loopml.features.on_demand import plan_features
+from loopml.features.online import OnlineFeatures, read_online, with_transforms
 from loopml.features.online import push as push_rows
 from loopml.serving.prediction_log import BatchWriter
 from loopml.serving.router import Router
@@ -38,6 +39,10 @@ class OnlineRequest(BaseModel):
     entities: dict[str, list[int | str]] = Field(description="Join key columns, e.g. {'user_id': [1, 2]}.")
     features: list[str] = Field(min_length=1, description="'view:feature' references.")
     full_feature_names: bool = False
+    request_data: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Request-time columns read by on-demand views, one value per entity row.",
+    )
 
 
 class PushRequest(BaseModel):
@@ -75,15 +80,14 @@ def feature_routes(
     def online(body: OnlineRequest) -> dict[str, Any]:
         """Current values of features for a list of entities, each with its status and event time."""
         started = time.perf_counter()
-        requests = [
-            (router.feature_view(name), names) for name, names in group_feature_refs(body.features).items()
-        ]
+        plan = plan_features(body.features, router.feature_view)
         now = project.clock.now()
-        found = read_online(
-            project.online, requests, body.entities, now=now, full_feature_names=body.full_feature_names
+        raw = read_online(
+            project.online, plan.views, body.entities, now=now, full_feature_names=body.full_feature_names
         )
+        found = with_transforms(plan, raw, body.request_data, full_feature_names=body.full_feature_names)
         metrics.read_seconds.observe(time.perf_counter() - started)
-        for view, names in requests:  # the features of a view share its rows' event times
+        for view, names in plan.views:  # the features of a view share its rows' event times
             for event_ts in found.event_timestamps[
                 feature_column(view.name, names[0], body.full_feature_names)
             ]:
@@ -94,8 +98,8 @@ def feature_routes(
             uuid.uuid4().hex,
             FEATURE_SERVER,
             now,
-            requests,
-            found,
+            plan.views,
+            raw,
             full_feature_names=body.full_feature_names,
         )
         return {

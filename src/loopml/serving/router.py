@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from loopml.errors import NotFoundError
 from loopml.features.definitions import FeatureView, group_feature_refs
-from loopml.features.registry import get_feature_view, list_feature_views
+from loopml.features.on_demand import FeaturePlan, OnDemandFeatureView, plan_features
+from loopml.features.registry import get_view, list_definitions, list_feature_views
 from loopml.registry.models import ModelRegistry, ModelVersion
 from loopml.serving.endpoints import Endpoint, list_endpoints
 from loopml.storage.metadata import MetadataStore
@@ -28,18 +30,21 @@ class LoadedModel:
 
     version: ModelVersion
     estimator: Any
-    feature_requests: tuple[tuple[FeatureView, tuple[str, ...]], ...]
-    request_features: tuple[str, ...]
+    feature_plan: FeaturePlan
+    request_features: tuple[str, ...]  # inputs sent with the request (the model's and on-demand views')
 
 
 class Router:
     """Keeps the routing table and the loaded models of every endpoint."""
 
-    def __init__(self, metadata: MetadataStore, registry: ModelRegistry) -> None:
+    def __init__(
+        self, metadata: MetadataStore, registry: ModelRegistry, search_path: Path | None = None
+    ) -> None:
         self.metadata = metadata
         self.registry = registry
+        self.search_path = search_path  # where on-demand views' code is imported from
         self.routes: dict[str, LoadedModel] = {}
-        self.feature_views: dict[str, FeatureView] = {}
+        self.feature_views: dict[str, FeatureView | OnDemandFeatureView] = {}
         self.seen_counter = -1
         self._estimators: dict[tuple[str, int], tuple[ModelVersion, Any]] = {}
         self._lock = threading.Lock()
@@ -67,6 +72,7 @@ class Router:
             previous = self.routes
             self.routes = routes
             self.feature_views = {view.name: view for view in list_feature_views(self.metadata)}
+            self.feature_views.update(self._on_demand_views())
             self.seen_counter = counter
             keep = {(m.version.model_name, m.version.version) for m in [*routes.values(), *previous.values()]}
             self._estimators = {key: value for key, value in self._estimators.items() if key in keep}
@@ -81,8 +87,8 @@ class Router:
             )
         return model
 
-    def feature_view(self, name: str) -> FeatureView:
-        """An applied feature view, as of the last refresh."""
+    def feature_view(self, name: str) -> FeatureView | OnDemandFeatureView:
+        """An applied feature view or on-demand view, as of the last refresh."""
         view = self.feature_views.get(name)
         if view is None:
             raise NotFoundError(
@@ -108,11 +114,21 @@ class Router:
         version, estimator = self._estimators[key]
         grouped = group_feature_refs(version.features)
         fetched = {feature for features in grouped.values() for feature in features}
+        plan = plan_features(version.features, lambda name: get_view(self.metadata, name, self.search_path))
+        model_inputs = [name for name in version.inputs if name not in fetched]
         return LoadedModel(
             version=version,
             estimator=estimator,
-            feature_requests=tuple(
-                (get_feature_view(self.metadata, view), tuple(features)) for view, features in grouped.items()
-            ),
-            request_features=tuple(name for name in version.inputs if name not in fetched),
+            feature_plan=plan,
+            request_features=tuple(dict.fromkeys([*model_inputs, *plan.request_fields])),
         )
+
+    def _on_demand_views(self) -> dict[str, OnDemandFeatureView]:
+        """Applied on-demand views whose code loads; one that does not is left out, with the reason logged."""
+        views = {}
+        for stored in list_definitions(self.metadata, "on_demand_feature_view"):
+            try:
+                views[stored.name] = OnDemandFeatureView.from_spec(stored.spec, self.search_path)
+            except Exception:
+                logger.exception("On-demand view %s cannot be served", stored.name)
+        return views
