@@ -1,78 +1,69 @@
-"""The demo's feature definitions and the daily feature job that computes their values with DuckDB."""
+"""The demo's feature definitions: declared windowed aggregations of the transaction and label streams, one
+on-demand transformation, and the feature service the fraud model reads in training and in serving."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import timedelta
-
-import duckdb
-import pandas as pd
-
-from loopml.features import Entity, FeatureService, FeatureView, Field, ParquetSource
+from loopml.features import (
+    Aggregation,
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    ParquetSource,
+    on_demand_feature_view,
+)
 
 USER = Entity("user", join_keys=["user_id"], description="A card holder.")
 MERCHANT = Entity("merchant", join_keys=["merchant_id"], description="A card acceptor.")
 
-USER_STATS = FeatureView(
-    name="user_stats",
+USER_TRANSACTIONS = FeatureView(
+    name="user_transactions",
     entities=[USER],
-    source=ParquetSource("data/user_stats/*.parquet", "event_timestamp", "created_timestamp"),
-    schema=[Field("spend_7d"), Field("txn_count_1d", "int64"), Field("avg_amount_30d")],
-    ttl=timedelta(days=2),
-    description="A user's spending over the last 7 days, transactions over the last day, mean amount over 30 days.",
+    source=ParquetSource("data/transactions/*.parquet", "event_timestamp"),
+    aggregations=[
+        Aggregation("amount", "sum", "7d", name="spend_7d"),
+        Aggregation(None, "count", "1d", name="txn_count_1d"),
+        Aggregation("amount", "mean", "30d", name="avg_amount_30d"),
+    ],
+    description="A user's spending over 7 days, transactions over 1 day and mean amount over 30 days.",
+    owner="fraud-team",
 )
-MERCHANT_STATS = FeatureView(
-    name="merchant_stats",
+# A label counts once the system has it (created = when it was delivered), for the transaction's own time.
+MERCHANT_LABELS = FeatureView(
+    name="merchant_labels",
     entities=[MERCHANT],
-    source=ParquetSource("data/merchant_stats/*.parquet", "event_timestamp", "created_timestamp"),
-    schema=[Field("fraud_rate_30d")],
-    ttl=timedelta(days=2),
-    description="Share of a merchant's labelled transactions of the last 30 days that were fraud (smoothed).",
+    source=ParquetSource("data/labels/*.parquet", "event_timestamp", "delivered_at"),
+    aggregations=[
+        Aggregation("is_fraud", "sum", "30d", name="fraud_30d"),
+        Aggregation("is_fraud", "count", "30d", name="labelled_30d"),
+    ],
+    description="Chargebacks and labelled transactions of a merchant over 30 days, as known at the time.",
+    owner="fraud-team",
 )
+
+
+@on_demand_feature_view(
+    sources=["merchant_labels:fraud_30d", "merchant_labels:labelled_30d"], schema=[Field("fraud_rate_30d")]
+)
+def merchant_risk(inputs: dict[str, list]) -> dict[str, list]:
+    """Share of a merchant's labelled transactions of the last 30 days that were fraud, smoothed."""
+    return {
+        "fraud_rate_30d": [
+            ((fraud or 0.0) + 0.4) / ((labelled or 0) + 20.0)
+            for fraud, labelled in zip(inputs["fraud_30d"], inputs["labelled_30d"], strict=True)
+        ]
+    }
+
+
 FRAUD_SERVICE = FeatureService(
     "fraud_detector",
     [
-        "user_stats:spend_7d",
-        "user_stats:txn_count_1d",
-        "user_stats:avg_amount_30d",
-        "merchant_stats:fraud_rate_30d",
+        "user_transactions:spend_7d",
+        "user_transactions:txn_count_1d",
+        "user_transactions:avg_amount_30d",
+        "merchant_risk:fraud_rate_30d",
     ],
     description="What the fraud model reads, in training and in serving.",
 )
-DEFINITIONS = [USER, MERCHANT, USER_STATS, MERCHANT_STATS, FRAUD_SERVICE]
+DEFINITIONS = [USER, MERCHANT, USER_TRANSACTIONS, MERCHANT_LABELS, merchant_risk, FRAUD_SERVICE]
 REQUEST_FEATURES = ("amount", "merchant_category")
-
-_USER_SQL = """
-SELECT u.user_id, d.day_end AS event_timestamp, d.day_end AS created_timestamp,
-       coalesce(sum(t.amount) FILTER (WHERE t.event_timestamp >= d.day_end - INTERVAL 7 DAY), 0.0) AS spend_7d,
-       count(t.amount) FILTER (WHERE t.event_timestamp >= d.day_end - INTERVAL 1 DAY)::BIGINT AS txn_count_1d,
-       avg(t.amount) AS avg_amount_30d
-FROM days AS d CROSS JOIN users AS u
-LEFT JOIN transactions AS t
-  ON t.user_id = u.user_id AND t.event_timestamp < d.day_end AND t.event_timestamp >= d.day_end - INTERVAL 30 DAY
-GROUP BY ALL ORDER BY event_timestamp, user_id
-"""
-
-# Only chargebacks that have arrived by the end of the day count: the job cannot see the future.
-_MERCHANT_SQL = """
-SELECT m.merchant_id, d.day_end AS event_timestamp, d.day_end AS created_timestamp,
-       (count(t.amount) FILTER (WHERE t.is_fraud = 1) + 0.4) / (count(t.amount) + 20.0) AS fraud_rate_30d
-FROM days AS d CROSS JOIN merchants AS m
-LEFT JOIN transactions AS t
-  ON t.merchant_id = m.merchant_id AND t.label_available_at < d.day_end
-     AND t.event_timestamp >= d.day_end - INTERVAL 30 DAY
-GROUP BY ALL ORDER BY event_timestamp, merchant_id
-"""
-
-
-def feature_rows(
-    transactions: pd.DataFrame, users: pd.DataFrame, merchants: pd.DataFrame, day_ends: Sequence[pd.Timestamp]
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """user_stats and merchant_stats rows as of each day end, from what was known at that moment."""
-    with duckdb.connect() as conn:
-        conn.execute("SET TimeZone='UTC'")
-        conn.register("transactions", transactions)
-        conn.register("users", users[["user_id"]])
-        conn.register("merchants", merchants[["merchant_id"]])
-        conn.register("days", pd.DataFrame({"day_end": pd.to_datetime(list(day_ends), utc=True)}))
-        return conn.execute(_USER_SQL).df(), conn.execute(_MERCHANT_SQL).df()

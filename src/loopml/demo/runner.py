@@ -92,7 +92,7 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None) -
     world = generate(config.world)
     project, clock = _new_project(config, world)
     live_start = world.day_start(config.live_start_day)
-    _feature_job(project, world, range(1, config.live_start_day + 1))
+    _land_events(project, world, 0, config.live_start_day)
     project.apply(demo_features.DEFINITIONS, actor="demo")
     project.materialize(end=live_start)
     v1 = _train_first_model(project, world, config)
@@ -148,18 +148,34 @@ def _new_project(config: DemoConfig, world: World) -> tuple[Project, FileClock]:
     return Project(config.workdir, clock=clock), clock
 
 
-def _feature_job(project: Project, world: World, days: range) -> None:
-    """Compute feature values as of the start of each day in `days` from what was known then."""
-    day_ends = [world.day_start(d) for d in days]
-    known = world.transactions[world.transactions.event_timestamp < day_ends[-1]]
-    users, merchants = demo_features.feature_rows(known, world.users, world.merchants, day_ends)
-    name = f"{day_ends[0]:%Y%m%d}-{day_ends[-1]:%Y%m%d}.parquet"
-    for directory, rows in (("user_stats", users), ("merchant_stats", merchants)):
+def _land_events(project: Project, world: World, first_day: int, end_day: int) -> None:
+    """Write the transactions of days [first_day, end_day) and the labels delivered in them to the lake.
+
+    Labels reach the system with the feedback sent at the end of the day they arrive.
+    """
+    tx = world.transactions
+    start, end = world.day_start(first_day), world.day_start(end_day)
+    happened = tx[(tx.event_timestamp >= start) & (tx.event_timestamp < end)]
+    delivered_at = tx.label_available_at.dt.ceil("D")
+    delivered = tx[(delivered_at > start) & (delivered_at <= end)].assign(delivered_at=delivered_at)
+    name = f"{start:%Y%m%d}-{end:%Y%m%d}.parquet"
+    for directory, rows in (
+        ("transactions", happened[["transaction_id", "user_id", "merchant_id", "amount", "event_timestamp"]]),
+        ("labels", delivered[["merchant_id", "event_timestamp", "delivered_at", "is_fraud"]]),
+    ):
         target = project.path / "data" / directory
         target.mkdir(parents=True, exist_ok=True)
         temporary = target / f".{name}.tmp"
         rows.to_parquet(temporary, index=False)
         temporary.replace(target / name)
+
+
+def _transaction_event(row: Any) -> dict[str, Any]:
+    return {
+        "user_id": row.user_id,
+        "event_timestamp": row.event_timestamp.to_pydatetime(),
+        "amount": row.amount,
+    }
 
 
 def _train_first_model(project: Project, world: World, config: DemoConfig) -> Any:
@@ -228,6 +244,8 @@ def _simulate(
             for row in todays.itertuples(index=False):
                 clock.set(row.event_timestamp.to_pydatetime())
                 answer = _predict(client, row)
+                # The transaction joins its user's stream once scored, so the next one sees it online.
+                project.push("user_transactions", [_transaction_event(row)])
                 prediction_ids[row.transaction_id] = answer["prediction_id"]
                 served.append(
                     (row.transaction_id, day_start.date().isoformat(), answer["output"], row.is_fraud)
@@ -246,7 +264,7 @@ def _simulate(
             )
             labelled.update(due.transaction_id)
             client.post("/v1/predictions/flush").raise_for_status()
-            _feature_job(project, world, range(day + 1, day + 2))
+            _land_events(project, world, day, day + 1)
             project.materialize(end=day_end.to_pydatetime())
 
             decision = controller.tick()[0]
