@@ -85,3 +85,20 @@ def test_pushed_events_are_counted_at_once(online_project: Project, clock) -> No
         online_project.push(view.name, [{"user_id": 1, "event_timestamp": "2026-01-03T12:00:00"}])
     with pytest.raises(ValidationError, match="ISO 8601"):
         online_project.push(view.name, [{"user_id": 1, "event_timestamp": "yesterday", "amount": 1.0}])
+
+
+def test_materialising_skips_events_recorded_after_its_end(online_project: Project, clock) -> None:
+    frame = pd.DataFrame(
+        {
+            "user_id": [1, 1],
+            "event_timestamp": [ts("2026-01-02"), ts("2026-01-02 01:00")],
+            "created_timestamp": [ts("2026-01-02"), ts("2026-01-04")],  # the second is a later backfill
+            "amount": [1.0, 2.0],
+        }
+    )
+    view = transactions_view(online_project, frame, created=True)
+    assert online_project.materialize(end=ts("2026-01-03")) == {view.name: 1}
+    clock.set(ts("2026-01-03"))
+    online = online_project.get_online_features({"user_id": [1]}, [f"{view.name}:spend_7d"])
+    offline = offline_at(online_project, view.name, [1], ts("2026-01-03"))
+    assert online.values["spend_7d"] == [1.0] == offline.spend_7d.tolist()

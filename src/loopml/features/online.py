@@ -83,19 +83,23 @@ def _materialize_events(
 ) -> int:
     """Stream the events, ordered by key, and write each key's events in one batch (replace is per key)."""
     ts = quote(view.source.timestamp_field)
+    created = view.source.created_timestamp_field  # events recorded after `end` were not known then
     keys = ", ".join(quote(k) for k in view.join_keys)
     columns = value_columns(view)
     sql = (
         f"SELECT {keys}, epoch({ts}::TIMESTAMPTZ) AS __event_ts{''.join(f', {quote(c)}' for c in columns)} "
-        f"FROM {source_sql(view, base_dir)} WHERE {ts}::TIMESTAMPTZ BETWEEN ? AND ? ORDER BY {keys}, {ts}"
+        f"FROM {source_sql(view, base_dir)} WHERE {ts}::TIMESTAMPTZ BETWEEN ? AND ? "
+        + (f"AND {quote(created)}::TIMESTAMPTZ <= ? " if created else "")
+        + f"ORDER BY {keys}, {ts}"
     )
+    params = [start, end, end] if created else [start, end]
     n_keys = len(view.join_keys)
     replace = (start.timestamp(), end.timestamp())
     keep_from = end.timestamp() - view.ttl.total_seconds()
     written = 0
     pending: list[tuple[str, float, dict[str, Any]]] = []
     with connect() as conn:
-        for batch in conn.sql(sql, params=[start, end]).to_arrow_reader(BATCH_ROWS):
+        for batch in conn.sql(sql, params=params).to_arrow_reader(BATCH_ROWS):
             data = batch.to_pydict()
             names = list(data)
             for i in range(batch.num_rows):
