@@ -114,3 +114,14 @@ def test_a_training_set_records_the_view_versions_it_was_built_from(project: Pro
     project.apply([replace(user_view(), ttl=timedelta(days=3))])
     second = project.train(SPEC, events)
     assert get_snapshot(project.metadata, second.snapshot.id).spec["feature_view_versions"] == {"users": 2}
+
+
+def test_a_training_set_rebuilds_to_the_same_hash(project: Project) -> None:
+    from loopml.data.snapshots import content_hash, get_snapshot
+
+    events = build_world(project)
+    trained = project.train(SPEC, events)
+    snapshot = get_snapshot(project.metadata, trained.snapshot.id)
+    rebuilt = project.get_historical_features(events, list(snapshot.spec["features"]))
+    assert content_hash(rebuilt) == snapshot.content_hash
+    assert content_hash(rebuilt.assign(risk=rebuilt.risk + 1e-9)) != snapshot.content_hash
