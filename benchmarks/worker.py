@@ -1,0 +1,38 @@
+"""What features.py and its worker processes share: each worker times one system's retrieval on the data
+directory and leaves result.parquet and timing.json in its output directory (stdlib and pandas only, so it
+loads in loopml's venv and in Feast's)."""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+
+def peak_bytes() -> int:
+    """Peak resident memory of this process since it started. VmHWM belongs to the process's own address space;
+    ru_maxrss (the fallback without /proc) also counts the parent's memory at fork, so it overstates."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
+
+
+def time_calls(call: Callable[[], pd.DataFrame], repeats: int, out: Path, **extra: object) -> None:
+    """Time `call` `repeats` times; the first result goes to result.parquet, timings after every call (so a
+    run stopped for time still reports the calls it finished)."""
+    seconds: list[float] = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = call()
+        seconds.append(time.perf_counter() - started)
+        if len(seconds) == 1:
+            result.to_parquet(out / "result.parquet")
+        del result
+        timing = {"seconds": seconds, "peak_bytes": peak_bytes(), **extra}
+        (out / "timing.json").write_text(json.dumps(timing))
