@@ -209,9 +209,11 @@ class SQLiteOnlineStore:
         placeholders = ",".join(["(?, ?)"] * len(keys))
         params = [part for key in keys for part in key]
         conn = self._connection()
+        # A join from the key list (not a row-value IN, which SQLite plans as a full scan) uses the primary key.
         cursor = conn.execute(
-            "SELECT namespace, entity_key, event_ts, created_ts, payload FROM online_values "
-            f"WHERE (namespace, entity_key) IN (VALUES {placeholders})",
+            f"WITH k(ns, key) AS (VALUES {placeholders}) "
+            "SELECT v.namespace, v.entity_key, v.event_ts, v.created_ts, v.payload FROM k CROSS JOIN online_values AS v "
+            "ON v.namespace = k.ns AND v.entity_key = k.key",
             params,
         )
         return {
