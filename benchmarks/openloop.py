@@ -1,0 +1,107 @@
+"""Open-loop load: requests arrive on a Poisson schedule that ignores responses; latency counts from the arrival.
+
+Shared by the loopml and the Feast side of the online benchmark, so it imports only the standard library and
+numpy (both virtual environments have them). A pool of workers takes the next arrival as soon as it is free and
+sleeps until that arrival is due; when every worker is busy, arrivals wait, and the wait is part of their
+latency (no coordinated omission). One worker is a single-threaded caller; several are a client with that many
+requests in flight.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+Call = Callable[[int], object]
+
+
+def run(
+    make_call: Callable[[], Call],
+    *,
+    rate: float,
+    duration: float,
+    users: int,
+    workers: int = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Send `rate * duration` requests for random users at Poisson arrival times; returns latency figures.
+
+    `make_call` is called once per worker (a connection each); the call it returns gets a user id.
+    """
+    rng = random.Random(seed)
+    n = max(1, round(rate * duration))
+    offsets = list(itertools.accumulate(rng.expovariate(rate) for _ in range(n)))
+    user_ids = [rng.randrange(users) for _ in range(n)]
+    latency = np.full(n, np.nan)
+    lag = np.full(n, np.nan)
+    failures: list[str] = []
+    arrivals = itertools.count()  # next() on a count is atomic under the GIL
+    start = time.perf_counter() + 0.1
+
+    def work(call: Call) -> None:
+        while (i := next(arrivals)) < n:
+            due = start + offsets[i]
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            sent = time.perf_counter()
+            try:
+                call(user_ids[i])
+            except Exception as exc:  # a failed request is reported, never timed as a success
+                failures.append(f"{type(exc).__name__}: {exc}")
+                continue
+            latency[i] = time.perf_counter() - due
+            lag[i] = sent - due
+
+    calls = [make_call() for _ in range(workers)]
+    threads = [threading.Thread(target=work, args=(call,), daemon=True) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    done = latency[~np.isnan(latency)] * 1000
+    return {
+        "requests": n,
+        "errors": len(failures),
+        "first_error": failures[0] if failures else None,
+        "target_rate": rate,
+        "offered_rate": n / offsets[-1],  # this draw's arrival rate (Poisson: near the target on long runs)
+        "achieved_rate": len(done) / elapsed,
+        "p50_ms": float(np.percentile(done, 50)),
+        "p99_ms": float(np.percentile(done, 99)),
+        "p999_ms": float(np.percentile(done, 99.9)),
+        "max_ms": float(done.max()),
+        "send_lag_p99_ms": float(np.nanpercentile(lag, 99) * 1000),
+    }
+
+
+class JSONPoster:
+    """One keep-alive HTTP/1.1 connection that POSTs a JSON body and returns the raw response body."""
+
+    def __init__(self, url: str, path: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        self.path = path
+
+    def post(self, body: dict[str, Any]) -> bytes:
+        try:
+            self.connection.request(
+                "POST", self.path, json.dumps(body).encode(), {"Content-Type": "application/json"}
+            )
+            response = self.connection.getresponse()
+            content = response.read()
+        except (OSError, http.client.HTTPException):
+            self.connection.close()  # the next request reconnects
+            raise
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status} from {self.path}: {content[:300]!r}")
+        return content
