@@ -10,17 +10,14 @@ asked to drop feature rows created after the entity row's time, as loopml always
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 from datetime import timedelta
 from pathlib import Path
 
 import feast
-import pandas as pd
 from feast import Entity, FeatureStore, FeatureView, Field, FileSource, RepoConfig, ValueType
 from feast.types import Float64
-from worker import time_calls
+from worker import time_calls, worker_arguments
 
 
 def feature_store(repo: Path, offline: str, spec: dict) -> tuple[FeatureStore, list[str]]:
@@ -56,17 +53,7 @@ def feature_store(repo: Path, offline: str, spec: dict) -> tuple[FeatureStore, l
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("data", type=Path)
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--store", choices=["file", "duckdb"], required=True)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-
-    spec = json.loads((args.data / "spec.json").read_text())
-    entities = pd.read_parquet(args.data / "entities.parquet")
+    args, spec, entities = worker_arguments(__doc__, "store", ["file", "duckdb"])
     with tempfile.TemporaryDirectory() as tmp:
         store, refs = feature_store(Path(tmp), args.store, spec)
         time_calls(

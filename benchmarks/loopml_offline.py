@@ -6,8 +6,6 @@ one system per process (so each has its own peak memory), timed as benchmarks/wo
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 from datetime import timedelta
 from pathlib import Path
@@ -15,7 +13,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
-from worker import time_calls
+from worker import time_calls, worker_arguments
 
 from loopml import Entity, FeatureView, Field, ParquetSource, Project
 from loopml.config import write_config
@@ -58,17 +56,7 @@ def project(directory: Path, spec: dict) -> tuple[Project, list[str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("data", type=Path)
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--system", choices=["floor", "loopml"], required=True)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-
-    spec = json.loads((args.data / "spec.json").read_text())
-    entities = pd.read_parquet(args.data / "entities.parquet")
+    args, spec, entities = worker_arguments(__doc__, "system", ["floor", "loopml"])
     if args.system == "floor":
         time_calls(lambda: floor(spec, entities), args.repeats, args.out)
         return

@@ -4,6 +4,7 @@ loads in loopml's venv and in Feast's)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import time
@@ -36,3 +37,20 @@ def time_calls(call: Callable[[], pd.DataFrame], repeats: int, out: Path, **extr
         del result
         timing = {"seconds": seconds, "peak_bytes": peak_bytes(), **extra}
         (out / "timing.json").write_text(json.dumps(timing))
+
+
+def worker_arguments(
+    description: str, option: str, choices: list[str]
+) -> tuple[argparse.Namespace, dict, pd.DataFrame]:
+    """A worker's command line (data dir, output dir, `--{option}` among `choices`, --repeats), with the
+    data directory's spec.json and entity frame loaded."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("data", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument(f"--{option}", choices=choices, required=True)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    spec = json.loads((args.data / "spec.json").read_text())
+    return args, spec, pd.read_parquet(args.data / "entities.parquet")

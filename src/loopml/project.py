@@ -17,9 +17,8 @@ from loopml.features.definitions import (
     Entity,
     FeatureService,
     FeatureView,
-    feature_column,
 )
-from loopml.features.on_demand import FeaturePlan, OnDemandFeatureView, plan_features, run_transforms
+from loopml.features.on_demand import FeaturePlan, OnDemandFeatureView, plan_features, transform_frame
 from loopml.features.registry import AppliedChange
 from loopml.registry.models import ModelRegistry
 from loopml.schema import register_all_tables
@@ -56,6 +55,8 @@ class Project:
             key_prefix=self.config["online"].get("key_prefix") or f"loopml:{self.config['project']}:",
         )
         self.registry = ModelRegistry(self.metadata, self.artifacts)
+        self._views: dict[str, FeatureView | OnDemandFeatureView] = {}
+        self._views_seen = -1
 
     # features
     def apply(
@@ -87,12 +88,7 @@ class Project:
             full_feature_names=full_feature_names,
             connect=self.offline.connect,
         )
-        if not plan.transforms and not plan.hidden:
-            return frame
-        columns = {c: frame[c].astype(object).where(frame[c].notna(), None).tolist() for c in frame.columns}
-        outputs = run_transforms(plan, columns, columns, len(frame), full_feature_names)
-        hidden = [feature_column(view, feature, full_feature_names) for view, feature in plan.hidden]
-        return pd.concat([frame.drop(columns=hidden), pd.DataFrame(outputs, index=frame.index)], axis=1)
+        return transform_frame(plan, frame, full_feature_names=full_feature_names)
 
     def materialize(
         self, end: datetime, start: datetime | None = None, views: Sequence[str] | None = None
@@ -171,9 +167,19 @@ class Project:
         }
 
     def _plan(self, features: Sequence[str] | FeatureService) -> FeaturePlan:
+        """Resolve feature references against the applied views, cached until the metadata change counter
+        moves (apply bumps it), so a read costs one metadata query."""
         if isinstance(features, FeatureService):
             features = features.features
-        return plan_features(features, lambda name: feature_registry.get_view(self.metadata, name, self.path))
+        counter = self.metadata.change_counter()
+        if counter != self._views_seen:
+            self._views, self._views_seen = {}, counter
+        return plan_features(features, self._view)
+
+    def _view(self, name: str) -> FeatureView | OnDemandFeatureView:
+        if name not in self._views:
+            self._views[name] = feature_registry.get_view(self.metadata, name, self.path)
+        return self._views[name]
 
     def _local(self, location: str) -> str:
         if "://" in location:

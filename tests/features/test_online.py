@@ -2,7 +2,6 @@ from datetime import timedelta
 
 import pytest
 
-from loopml.config import write_config
 from loopml.errors import ValidationError
 from loopml.features.online import EXPIRED, MISSING, PRESENT
 from loopml.features.registry import plan
@@ -11,12 +10,9 @@ from tests.features.conftest import ts
 
 
 @pytest.fixture
-def project(tmp_path, clock, online_backend) -> Project:
+def project(online_project: Project) -> Project:
     """Every test here runs against the SQLite and the Redis online store."""
-    write_config(tmp_path, "test", overwrite=True)
-    project = Project(tmp_path, clock=clock, environ=online_backend)
-    yield project
-    project.close()
+    return online_project
 
 
 def test_materialize_then_read_online_values(project: Project, clock, user_view) -> None:

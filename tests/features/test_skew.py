@@ -64,6 +64,17 @@ def client(project: Project, users: FeatureView) -> Iterator[TestClient]:
         yield client
 
 
+def materialise_then_add_a_newer_row(project: Project, clock: SimulatedClock) -> None:
+    """User 1 gets an offline row at T0 + 3 h that the online store (materialised at T0 + 1 h) lacks."""
+    project.materialize(end=T0 + timedelta(hours=1))
+    add_source_rows(
+        project,
+        1,
+        {"user_id": [1], "event_timestamp": [T0 + timedelta(hours=3)], "risk": [0.9], "tier": ["gold"]},
+    )
+    clock.set(T0 + timedelta(hours=4))
+
+
 def look_up(client: TestClient, user_ids: list[int]) -> dict:
     body = {"entities": {"user_id": user_ids}, "features": ["users:risk", "users:tier"]}
     response = client.post("/v1/features/online", json=body)
@@ -107,13 +118,7 @@ def test_materialised_values_served_online_show_no_skew(
 def test_a_newer_offline_row_not_yet_materialised_is_flagged_stale(
     project: Project, clock: SimulatedClock, client: TestClient
 ) -> None:
-    project.materialize(end=T0 + timedelta(hours=1))
-    add_source_rows(
-        project,
-        1,
-        {"user_id": [1], "event_timestamp": [T0 + timedelta(hours=3)], "risk": [0.9], "tier": ["gold"]},
-    )
-    clock.set(T0 + timedelta(hours=4))
+    materialise_then_add_a_newer_row(project, clock)
     assert look_up(client, [1, 2])["risk"]["values"] == [0.25, 0.5]
 
     features = by_feature(skew_report(project, *WINDOW))
@@ -204,13 +209,7 @@ def test_values_match_nulls_numbers_and_strings() -> None:
 def test_the_command_prints_a_table_json_and_a_message_for_an_empty_window(
     project: Project, clock: SimulatedClock, client: TestClient
 ) -> None:
-    project.materialize(end=T0 + timedelta(hours=1))
-    add_source_rows(
-        project,
-        1,
-        {"user_id": [1], "event_timestamp": [T0 + timedelta(hours=3)], "risk": [0.9], "tier": ["gold"]},
-    )
-    clock.set(T0 + timedelta(hours=4))
+    materialise_then_add_a_newer_row(project, clock)
     look_up(client, [1, 2])
     runner = CliRunner()
     window = ["--since", "2026-01-01", "--until", "2026-01-02", "-p", str(project.path)]

@@ -1,14 +1,15 @@
 """The feature lookup log: what serving read from the online store, kept for the skew check.
 
-Serving turns each online read into one record per feature view and entity row (the view's join keys, each
-feature's value, status and event time as returned, and the lookup time by the project clock) and queues them
-for a background writer, which appends them to the `feature_lookups` dataset in day partitions. Values,
+Serving queues each online read as one `LoggedLookup`; the background writer turns it into one record per
+feature view and entity row (the view's join keys, each feature's value, status and event time as returned,
+and the lookup time by the project clock) and appends them to the `feature_lookups` dataset in day partitions. Values,
 statuses and event times (epoch seconds) are JSON objects keyed by feature name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import orjson
@@ -34,6 +35,29 @@ LOOKUP_SCHEMA = pa.schema(
         ("event_timestamps", pa.string()),
     ]
 )
+
+
+@dataclass(frozen=True)
+class LoggedLookup:
+    """One online read, as queued by serving; `expand_lookup` makes its records in the writer thread."""
+
+    lookup_id: str
+    source: str
+    now: datetime
+    requests: Sequence[tuple[FeatureView, Sequence[str]]]
+    found: OnlineFeatures
+    full_feature_names: bool = False
+
+
+def expand_lookup(lookup: LoggedLookup) -> list[dict[str, object]]:
+    return lookup_records(
+        lookup.lookup_id,
+        lookup.source,
+        lookup.now,
+        lookup.requests,
+        lookup.found,
+        full_feature_names=lookup.full_feature_names,
+    )
 
 
 def lookup_records(

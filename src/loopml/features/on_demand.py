@@ -248,7 +248,8 @@ def plan_features(
                 base = lookup(source_view)
                 if not isinstance(base, FeatureView):
                     raise ValidationError(
-                        f"On-demand view '{view.name}' reads '{source_view}', another on-demand view."
+                        f"On-demand view '{view.name}' reads '{source_view}', another on-demand view; "
+                        "list the feature views that one reads instead."
                     )
                 entry = views.setdefault(source_view, (base, []))
                 for feature in source_features:
@@ -286,3 +287,14 @@ def run_transforms(
         for feature in features:
             outputs[feature_column(odfv.name, feature, full_feature_names)] = result[feature]
     return outputs
+
+
+def transform_frame(plan: FeaturePlan, frame: pd.DataFrame, *, full_feature_names: bool) -> pd.DataFrame:
+    """A training set (a read of `plan.views`) with the on-demand features added, from its own columns as
+    request data, and the inputs nobody asked for removed."""
+    if not plan.transforms and not plan.hidden:
+        return frame
+    columns = {c: frame[c].astype(object).where(frame[c].notna(), None).tolist() for c in frame.columns}
+    outputs = run_transforms(plan, columns, columns, len(frame), full_feature_names)
+    hidden = [feature_column(view, feature, full_feature_names) for view, feature in plan.hidden]
+    return pd.concat([frame.drop(columns=hidden), pd.DataFrame(outputs, index=frame.index)], axis=1)

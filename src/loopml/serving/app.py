@@ -24,9 +24,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel, Field
 
 from loopml.errors import LoopmlError, NotFoundError, ValidationError
-from loopml.features.lookup_log import FEATURE_LOOKUPS, LOOKUP_SCHEMA
+from loopml.features.lookup_log import FEATURE_LOOKUPS, LOOKUP_SCHEMA, LoggedLookup, expand_lookup
 from loopml.features.online import PRESENT, read_online, with_transforms
-from loopml.serving.feature_routes import feature_routes, log_lookups
+from loopml.serving.feature_routes import feature_routes
 from loopml.serving.prediction_log import LABEL_SCHEMA, LABELS, PREDICTION_SCHEMA, PREDICTIONS, BatchWriter
 from loopml.serving.router import LoadedModel, Router
 from loopml.training.evaluation import predict_scores
@@ -90,24 +90,23 @@ def create_app(project: Project) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(router.refresh, force=True)
+        batches = {
+            "batch_size": int(serving["log_batch_size"]),
+            "flush_seconds": float(serving["log_flush_seconds"]),
+        }
         writers[PREDICTIONS] = BatchWriter(
-            project.offline,
-            PREDICTIONS,
-            PREDICTION_SCHEMA,
-            batch_size=int(serving["log_batch_size"]),
-            flush_seconds=float(serving["log_flush_seconds"]),
-            on_drop=metrics.dropped.inc,
+            project.offline, PREDICTIONS, PREDICTION_SCHEMA, **batches, on_drop=metrics.dropped.inc
         )
         writers[LABELS] = BatchWriter(
-            project.offline, LABELS, LABEL_SCHEMA, flush_seconds=float(serving["log_flush_seconds"])
+            project.offline, LABELS, LABEL_SCHEMA, flush_seconds=batches["flush_seconds"]
         )
         writers[FEATURE_LOOKUPS] = BatchWriter(
             project.offline,
             FEATURE_LOOKUPS,
             LOOKUP_SCHEMA,
-            batch_size=int(serving["log_batch_size"]),
-            flush_seconds=float(serving["log_flush_seconds"]),
+            **batches,
             on_drop=metrics.lookups_dropped.inc,
+            expand=expand_lookup,
         )
         refresher = asyncio.create_task(_refresh_routes(router))
         try:
@@ -204,7 +203,7 @@ def create_app(project: Project) -> FastAPI:
                 "latency_seconds": latency,
             }
         )
-        log_lookups(writers[FEATURE_LOOKUPS], prediction_id, f"endpoint:{name}", now, plan.views, raw)
+        writers[FEATURE_LOOKUPS].put(LoggedLookup(prediction_id, f"endpoint:{name}", now, plan.views, raw))
         metrics.predictions.labels(name).inc()
         metrics.latency.labels(name).observe(latency)
         return {

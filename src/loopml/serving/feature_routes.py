@@ -7,30 +7,25 @@ feature lookup log (the skew check's input).
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
-from collections.abc import Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from fastapi import APIRouter
 from prometheus_client import CollectorRegistry, Histogram
 from pydantic import BaseModel, Field
 
-from loopml.features.definitions import FeatureView, feature_column
-from loopml.features.lookup_log import FEATURE_LOOKUPS, FEATURE_SERVER, lookup_records
+from loopml.features.definitions import feature_column
+from loopml.features.lookup_log import FEATURE_LOOKUPS, FEATURE_SERVER, LoggedLookup
 from loopml.features.on_demand import plan_features
-from loopml.features.online import OnlineFeatures, read_online, with_transforms
 from loopml.features.online import push as push_rows
+from loopml.features.online import read_online, with_transforms
 from loopml.serving.prediction_log import BatchWriter
 from loopml.serving.router import Router
 
 if TYPE_CHECKING:
     from loopml.project import Project
 
-logger = logging.getLogger(__name__)
 
 AGE_BUCKETS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 86_400, 7 * 86_400)
 
@@ -93,14 +88,8 @@ def feature_routes(
             ]:
                 if event_ts is not None:
                     metrics.age_seconds.labels(view.name).observe(now.timestamp() - event_ts)
-        log_lookups(
-            writers[FEATURE_LOOKUPS],
-            uuid.uuid4().hex,
-            FEATURE_SERVER,
-            now,
-            plan.views,
-            raw,
-            full_feature_names=body.full_feature_names,
+        writers[FEATURE_LOOKUPS].put(
+            LoggedLookup(uuid.uuid4().hex, FEATURE_SERVER, now, plan.views, raw, body.full_feature_names)
         )
         return {
             "entities": found.entities,
@@ -121,25 +110,3 @@ def feature_routes(
         return {"written": push_rows(project.online, view, body.rows, now=project.clock.now())}
 
     return api
-
-
-def log_lookups(
-    writer: BatchWriter,
-    lookup_id: str,
-    source: str,
-    now: datetime,
-    requests: Sequence[tuple[FeatureView, Sequence[str]]],
-    found: OnlineFeatures,
-    *,
-    full_feature_names: bool = False,
-) -> None:
-    """Queue an online read for the lookup log without ever failing or blocking it (a full queue drops)."""
-    try:
-        records = lookup_records(
-            lookup_id, source, now, requests, found, full_feature_names=full_feature_names
-        )
-    except orjson.JSONEncodeError as exc:
-        logger.warning("Lookup %s from %s is not logged: %s", lookup_id, source, exc)
-        return
-    for record in records:
-        writer.put(record)

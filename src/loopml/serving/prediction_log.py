@@ -62,7 +62,9 @@ class BatchWriter:
 
     A batch is written when it holds `batch_size` records or its oldest record has waited `flush_seconds`.
     A failed write keeps its records and is retried every `flush_seconds`; meanwhile the queue fills and
-    `put` starts refusing, so memory stays bounded and every loss is counted.
+    `put` starts refusing, so memory stays bounded and every loss is counted. With `expand`, a queued item is
+    turned into its records in the writer thread, off the caller's path; an item it cannot expand is skipped
+    with a warning.
     """
 
     def __init__(
@@ -75,8 +77,10 @@ class BatchWriter:
         flush_seconds: float = 1.0,
         max_queue: int = 100_000,
         on_drop: Callable[[], None] | None = None,
+        expand: Callable[[Any], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.offline, self.dataset, self.schema = offline, dataset, schema
+        self._expand = expand
         self.batch_size, self.flush_seconds, self.max_pending = batch_size, flush_seconds, max_queue
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._on_drop = on_drop
@@ -84,8 +88,8 @@ class BatchWriter:
         self._thread = threading.Thread(target=self._run, name=f"loopml-{dataset}-writer", daemon=True)
         self._thread.start()
 
-    def put(self, record: dict[str, Any], timeout: float | None = None) -> bool:
-        """Queue a record, waiting up to `timeout` seconds for room (by default not at all).
+    def put(self, record: Any, timeout: float | None = None) -> bool:
+        """Queue a record (or an item for `expand`), waiting up to `timeout` seconds for room (by default not at all).
 
         Returns False, and counts a drop, when the queue stayed full.
         """
@@ -141,13 +145,17 @@ class BatchWriter:
                 item = self._queue.get(timeout=wait)
             except queue.Empty:
                 item = _TICK
-            if isinstance(item, dict):
-                if len(pending) >= self.max_pending:
-                    self._drop(1)
+            if not (item is _TICK or item is _STOP or isinstance(item, _FlushRequest)):
+                records = self._records(item)
+                room = self.max_pending - len(pending)
+                if len(records) > room:
+                    self._drop(len(records) - max(room, 0))
+                    records = records[: max(room, 0)]
+                if not records:
                     continue
                 if not pending:
                     deadline = time.monotonic() + self.flush_seconds
-                pending.append(item)
+                pending.extend(records)
                 full = len(pending) >= self.batch_size and not failing
                 if not full and time.monotonic() < deadline:
                     continue
@@ -161,6 +169,15 @@ class BatchWriter:
                 if pending:
                     logger.error("%d %s records were never written and are lost", len(pending), self.dataset)
                 return
+
+    def _records(self, item: Any) -> list[dict[str, Any]]:
+        if self._expand is None:
+            return [item]
+        try:
+            return self._expand(item)
+        except Exception as exc:
+            logger.warning("A %s item is not logged: %s", self.dataset, exc)
+            return []
 
     def _write(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
         """Write records day by day; returns the records still unwritten and the error that stopped them."""
