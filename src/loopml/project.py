@@ -18,6 +18,7 @@ from loopml.features.definitions import (
     FeatureService,
     FeatureView,
 )
+from loopml.features.materialize import materialize_view
 from loopml.features.on_demand import FeaturePlan, OnDemandFeatureView, plan_features, transform_frame
 from loopml.features.registry import AppliedChange
 from loopml.registry.models import ModelRegistry
@@ -103,7 +104,7 @@ class Project:
             if views is not None and view.name not in views:
                 continue
             view_start = as_utc(start) if start is not None else end - view.ttl
-            written[view.name] = online.materialize_view(
+            written[view.name] = materialize_view(
                 view, self.online, base_dir=self.path, start=view_start, end=end, connect=self.offline.connect
             )
         return written
