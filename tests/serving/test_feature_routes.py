@@ -88,6 +88,23 @@ def test_bad_online_reads_are_explained(client: TestClient) -> None:
     assert unknown.status_code == 404
     malformed = client.post("/v1/features/online", json={"entities": {"user_id": [1]}, "features": ["risk"]})
     assert malformed.status_code == 400 and "view_name:feature_name" in malformed.json()["error"]
+    not_json = client.post(
+        "/v1/features/online", content=b"{entities", headers={"content-type": "application/json"}
+    )
+    assert not_json.status_code == 400 and "Invalid request body" in not_json.json()["error"]
+    no_features = client.post("/v1/features/online", json={"entities": {"user_id": [1]}, "features": []})
+    assert no_features.status_code == 400 and "features" in no_features.json()["error"]
+    uneven = client.post(
+        "/v1/features/online",
+        json={"entities": {"user_id": [1, 2], "other": [1]}, "features": ["users:risk"]},
+    )
+    assert uneven.status_code == 400 and "equal lengths" in uneven.json()["error"]
+
+
+def test_the_online_route_documents_its_body(client: TestClient) -> None:
+    body = client.get("/openapi.json").json()["paths"]["/v1/features/online"]["post"]["requestBody"]
+    schema = body["content"]["application/json"]["schema"]
+    assert set(schema["required"]) == {"entities", "features"}
 
 
 def test_a_view_applied_while_serving_is_served_after_the_refresh(

@@ -1,5 +1,6 @@
 """One suite for every online store backend: SQLite and the real Redis must behave alike."""
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -90,9 +91,30 @@ def test_one_lookup_reads_rows_and_event_logs(store: OnlineStore) -> None:
     assert found.events == {("agg", "u1"): [(5.0, {"a": 1.5})], ("agg", "u9"): []}
 
 
+def test_the_async_lookup_reads_what_the_sync_one_reads(store: OnlineStore) -> None:
+    store.write("plain", [("u1", 5.0, 5.0, {"x": 1}), ("u2", 6.0, 6.0, {"x": None})])
+    store.write_events("agg", EventWrite([("u1", 5.0, {"a": 1.5}), ("u1", 7.0, {"a": 2.5})]))
+    keys = [("plain", "u1"), ("plain", "u2"), ("plain", "u9")]
+    logs = [EventQuery("agg", "u1", 0.0, 7.0), EventQuery("agg", "u9", 0.0, 7.0)]
+
+    async def both() -> list:
+        try:
+            return [await store.alookup(keys, logs), await store.alookup([], []), await store.alookup(keys)]
+        finally:
+            await store.aclose()
+
+    found, empty, rows_only = asyncio.run(both())
+    assert found == store.lookup(keys, logs)
+    assert found.events[("agg", "u1")] == [(5.0, {"a": 1.5})]
+    assert (empty.rows, empty.events) == ({}, {})
+    assert rows_only.rows == found.rows and rows_only.events == {}
+
+
 def test_unknown_backends_and_unreachable_redis_are_explained() -> None:
     with pytest.raises(ConfigError, match="not supported"):
         open_online_store("memcached://x")
     dead = RedisOnlineStore("redis://127.0.0.1:1/0", key_prefix="x:")
     with pytest.raises(StoreUnavailableError, match="check that Redis is running"):
         dead.read([("v", "k")])
+    with pytest.raises(StoreUnavailableError, match="check that Redis is running"):
+        asyncio.run(dead.alookup([("v", "k")]))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,7 +14,7 @@ from loopml.errors import ValidationError
 from loopml.features.aggregations import aggregate_online, value_columns
 from loopml.features.definitions import FeatureView, feature_column
 from loopml.features.on_demand import FeaturePlan, run_transforms
-from loopml.storage.online import Event, EventQuery, EventWrite, OnlineRow, OnlineStore
+from loopml.storage.online import Event, EventQuery, EventWrite, Lookup, OnlineRow, OnlineStore
 
 PRESENT, MISSING, EXPIRED, NULL = "present", "missing", "expired", "null"
 
@@ -91,57 +91,85 @@ def read_online(
     full_feature_names: bool = False,
 ) -> OnlineFeatures:
     """Read every requested view for every entity row in one round trip; expired values read as None."""
-    if not requests:
-        return OnlineFeatures(entities={k: list(v) for k, v in entities.items()})
-    lengths = {len(v) for v in entities.values()}
-    if len(lengths) != 1:
-        raise ValidationError(f"Entity columns must have equal lengths, got {sorted(lengths)}.")
-    n_rows = lengths.pop()
-    keys_per_view = []
-    for view, _ in requests:
-        missing = [k for k in view.join_keys if k not in entities]
-        if missing:
-            raise ValidationError(
-                f"Entities lack join key(s) {missing} needed by feature view '{view.name}'."
-            )
-        keys_per_view.append([entity_key([entities[k][i] for k in view.join_keys]) for i in range(n_rows)])
-    now_ts = now.timestamp()
-    plain = [
-        (view.name, key)
-        for (view, _), keys in zip(requests, keys_per_view, strict=True)
-        if not view.aggregations
-        for key in keys
-    ]
-    logs = [
-        EventQuery(view.name, key, now_ts - view.ttl.total_seconds(), now_ts)
-        for (view, _), keys in zip(requests, keys_per_view, strict=True)
-        if view.aggregations
-        for key in dict.fromkeys(keys)
-    ]
-    found = online.lookup(list(dict.fromkeys(plain)), logs)
+    query = OnlineQuery(requests, entities, now)
+    found = online.lookup(query.rows, query.logs) if query.requests else Lookup()
+    return query.result(found, full_feature_names)
 
-    result = OnlineFeatures(entities={k: list(v) for k, v in entities.items()})
-    for (view, features), keys in zip(requests, keys_per_view, strict=True):
-        ttl = view.ttl.total_seconds()
-        rows = [found.rows.get((view.name, key)) for key in keys]
-        for feature in features:
-            view.dtype_of(feature)
-            name = feature_column(view.name, feature, full_feature_names)
+
+async def read_online_async(
+    online: OnlineStore,
+    requests: Sequence[tuple[FeatureView, Sequence[str]]],
+    entities: Mapping[str, Sequence[Any]],
+    *,
+    now: datetime,
+    full_feature_names: bool = False,
+) -> OnlineFeatures:
+    """`read_online` for the server's event loop."""
+    query = OnlineQuery(requests, entities, now)
+    found = await online.alookup(query.rows, query.logs) if query.requests else Lookup()
+    return query.result(found, full_feature_names)
+
+
+class OnlineQuery:
+    """The keys one online read needs (checked against the views), and how to turn what was found into
+    values with statuses."""
+
+    def __init__(
+        self,
+        requests: Sequence[tuple[FeatureView, Sequence[str]]],
+        entities: Mapping[str, Sequence[Any]],
+        now: datetime,
+    ) -> None:
+        self.requests = requests
+        self.entities = {k: list(v) for k, v in entities.items()}
+        self.now_ts = now.timestamp()
+        lengths = {len(v) for v in self.entities.values()}
+        if requests and len(lengths) != 1:
+            raise ValidationError(f"Entity columns must have equal lengths, got {sorted(lengths)}.")
+        n_rows = lengths.pop() if lengths else 0
+        self.keys_per_view: list[list[str]] = []
+        for view, features in requests:
+            for feature in features:
+                view.dtype_of(feature)  # an unknown feature is an error, not a column of nulls
+            missing = [k for k in view.join_keys if k not in self.entities]
+            if missing:
+                raise ValidationError(
+                    f"Entities lack join key(s) {missing} needed by feature view '{view.name}'."
+                )
+            columns = [self.entities[k] for k in view.join_keys]
+            self.keys_per_view.append([entity_key([c[i] for c in columns]) for i in range(n_rows)])
+        pairs = list(zip(requests, self.keys_per_view, strict=True))
+        self.rows = list(
+            dict.fromkeys(
+                (view.name, key) for (view, _), keys in pairs if not view.aggregations for key in keys
+            )
+        )
+        self.logs = [
+            EventQuery(view.name, key, self.now_ts - view.ttl.total_seconds(), self.now_ts)
+            for (view, _), keys in pairs
+            if view.aggregations
+            for key in dict.fromkeys(keys)
+        ]
+
+    def result(self, found: Lookup, full_feature_names: bool) -> OnlineFeatures:
+        result = OnlineFeatures(entities=self.entities)
+        for (view, features), keys in zip(self.requests, self.keys_per_view, strict=True):
             if view.aggregations:
-                cells = [
-                    _aggregate_cell(view, feature, found.events[(view.name, key)], now_ts) for key in keys
-                ]
+                columns = _aggregate_columns(
+                    view, features, [found.events[(view.name, k)] for k in keys], self.now_ts
+                )
             else:
-                cells = [_cell(row, feature, now_ts, ttl) for row in rows]
-            values, statuses, times = (
-                (list(column) for column in zip(*cells, strict=True)) if cells else ([], [], [])
-            )
-            result.values[name], result.statuses[name], result.event_timestamps[name] = (
-                values,
-                statuses,
-                times,
-            )
-    return result
+                columns = _row_columns(
+                    view, features, [found.rows.get((view.name, k)) for k in keys], self.now_ts
+                )
+            for feature, values, statuses, times in columns:
+                name = feature_column(view.name, feature, full_feature_names)
+                result.values[name], result.statuses[name], result.event_timestamps[name] = (
+                    values,
+                    statuses,
+                    times,
+                )
+        return result
 
 
 def with_transforms(
@@ -170,14 +198,37 @@ def with_transforms(
     return result
 
 
-def _cell(row: OnlineRow | None, feature: str, now_ts: float, ttl: float) -> tuple[Any, str, float | None]:
-    """(value, status, event time) of one feature for one entity."""
-    if row is None:
-        return None, MISSING, None
-    if now_ts - row.event_ts > ttl:
-        return None, EXPIRED, row.event_ts
-    value = row.values.get(feature)
-    return value, NULL if value is None else PRESENT, row.event_ts
+Column = tuple[str, list[Any], list[str], list[float | None]]  # feature, values, statuses, event times
+
+
+def _row_columns(
+    view: FeatureView, features: Sequence[str], rows: Sequence[OnlineRow | None], now_ts: float
+) -> Iterator[Column]:
+    """Each feature's values, statuses and event times over the entities, from the rows read for them."""
+    ttl = view.ttl.total_seconds()
+    live = [row if row is not None and now_ts - row.event_ts <= ttl else None for row in rows]
+    absent = [MISSING if row is None else EXPIRED for row in rows]
+    times = [None if row is None else row.event_ts for row in rows]
+    for feature in features:
+        values = [None if row is None else row.values.get(feature) for row in live]
+        statuses = [
+            absent[i] if live[i] is None else NULL if value is None else PRESENT
+            for i, value in enumerate(values)
+        ]
+        yield feature, values, statuses, list(times)
+
+
+def _aggregate_columns(
+    view: FeatureView, features: Sequence[str], logs: Sequence[list[Event]], now_ts: float
+) -> Iterator[Column]:
+    for feature in features:
+        cells = [_aggregate_cell(view, feature, events, now_ts) for events in logs]
+        yield (
+            feature,
+            [value for value, _, _ in cells],
+            [status for _, status, _ in cells],
+            [ts for _, _, ts in cells],
+        )
 
 
 def _aggregate_cell(

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from loopml.errors import LoopmlError, NotFoundError, ValidationError
 from loopml.features.lookup_log import FEATURE_LOOKUPS, LOOKUP_SCHEMA, LoggedLookup, expand_lookup
 from loopml.features.online import PRESENT, read_online, with_transforms
+from loopml.serving.bodies import describe_errors
 from loopml.serving.feature_routes import feature_routes
 from loopml.serving.prediction_log import LABEL_SCHEMA, LABELS, PREDICTION_SCHEMA, PREDICTIONS, BatchWriter
 from loopml.serving.router import LoadedModel, Router
@@ -113,6 +114,7 @@ def create_app(project: Project) -> FastAPI:
             yield
         finally:
             refresher.cancel()
+            await project.online.aclose()
             for writer in writers.values():
                 try:
                     writer.close()
@@ -135,8 +137,9 @@ def create_app(project: Project) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return JSONResponse({"error": f"Invalid request body: {problems}"}, status_code=400)
+        return JSONResponse(
+            {"error": f"Invalid request body: {describe_errors(exc.errors())}"}, status_code=400
+        )
 
     @app.get("/v2/health/live")
     async def live() -> dict[str, bool]:

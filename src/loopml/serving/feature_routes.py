@@ -11,15 +11,16 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Histogram
 from pydantic import BaseModel, Field
 
 from loopml.features.definitions import feature_column
 from loopml.features.lookup_log import FEATURE_LOOKUPS, FEATURE_SERVER, LoggedLookup
-from loopml.features.on_demand import plan_features
 from loopml.features.online import push as push_rows
-from loopml.features.online import read_online, with_transforms
+from loopml.features.online import read_online_async, with_transforms
+from loopml.serving.bodies import json_response, openapi_body, parse_body
 from loopml.serving.prediction_log import BatchWriter
 from loopml.serving.router import Router
 
@@ -71,37 +72,42 @@ def feature_routes(
     metrics = FeatureMetrics(registry)
     api = APIRouter(prefix="/v1/features")
 
-    @api.post("/online")
-    def online(body: OnlineRequest) -> dict[str, Any]:
+    @api.post("/online", openapi_extra=openapi_body(OnlineRequest))
+    async def online(request: Request) -> Response:
         """Current values of features for a list of entities, each with its status and event time."""
         started = time.perf_counter()
-        plan = plan_features(body.features, router.feature_view)
+        body = parse_body(OnlineRequest, await request.body())
+        plan = router.feature_plan(body.features)
         now = project.clock.now()
-        raw = read_online(
+        raw = await read_online_async(
             project.online, plan.views, body.entities, now=now, full_feature_names=body.full_feature_names
         )
         found = with_transforms(plan, raw, body.request_data, full_feature_names=body.full_feature_names)
         metrics.read_seconds.observe(time.perf_counter() - started)
+        now_ts = now.timestamp()
         for view, names in plan.views:  # the features of a view share its rows' event times
+            ages = metrics.age_seconds.labels(view.name)
             for event_ts in found.event_timestamps[
                 feature_column(view.name, names[0], body.full_feature_names)
             ]:
                 if event_ts is not None:
-                    metrics.age_seconds.labels(view.name).observe(now.timestamp() - event_ts)
+                    ages.observe(now_ts - event_ts)
         writers[FEATURE_LOOKUPS].put(
             LoggedLookup(uuid.uuid4().hex, FEATURE_SERVER, now, plan.views, raw, body.full_feature_names)
         )
-        return {
-            "entities": found.entities,
-            "features": {
-                name: {
-                    "values": found.values[name],
-                    "statuses": found.statuses[name],
-                    "event_timestamps": found.event_timestamps[name],
-                }
-                for name in found.values
-            },
-        }
+        return json_response(
+            {
+                "entities": found.entities,
+                "features": {
+                    name: {
+                        "values": found.values[name],
+                        "statuses": found.statuses[name],
+                        "event_timestamps": found.event_timestamps[name],
+                    }
+                    for name in found.values
+                },
+            }
+        )
 
     @api.post("/push")
     def push(body: PushRequest) -> dict[str, int]:

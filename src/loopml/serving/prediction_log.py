@@ -1,15 +1,15 @@
 """The prediction log and labels: written in batches by a background thread, read with DuckDB.
 
-The serving hot path only puts a record on a bounded queue. A writer thread turns batches into Parquet files
+The serving hot path only appends a record to a bounded queue. A writer thread turns batches into Parquet files
 partitioned by day; `flush()` waits until everything queued so far is on disk (or says why it is not), and
 `close()` flushes before the server exits. A full queue refuses the record and counts the drop.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -53,18 +53,18 @@ class _FlushRequest:
     error: str | None = None
 
 
-_STOP = object()
-_TICK = object()
+ROOM_POLL_SECONDS = 0.005  # how often a `put` with a timeout looks for room
 
 
 class BatchWriter:
     """Appends records to an offline dataset in batches from a background thread.
 
     A batch is written when it holds `batch_size` records or its oldest record has waited `flush_seconds`.
-    A failed write keeps its records and is retried every `flush_seconds`; meanwhile the queue fills and
-    `put` starts refusing, so memory stays bounded and every loss is counted. With `expand`, a queued item is
-    turned into its records in the writer thread, off the caller's path; an item it cannot expand is skipped
-    with a warning.
+    `put` only appends to a deque: the writer thread is woken when a batch is full (or by its timer), never
+    per record, so a busy server does not hand the GIL to it on every request. A failed write keeps its
+    records and is retried every `flush_seconds`; meanwhile the queue fills and `put` starts refusing, so
+    memory stays bounded and every loss is counted. With `expand`, a queued item is turned into its records
+    in the writer thread, off the caller's path; an item it cannot expand is skipped with a warning.
     """
 
     def __init__(
@@ -81,8 +81,11 @@ class BatchWriter:
     ) -> None:
         self.offline, self.dataset, self.schema = offline, dataset, schema
         self._expand = expand
-        self.batch_size, self.flush_seconds, self.max_pending = batch_size, flush_seconds, max_queue
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self.batch_size, self.flush_seconds, self.max_queue = batch_size, flush_seconds, max_queue
+        self._items: collections.deque[Any] = collections.deque()  # append/popleft are thread-safe
+        self._flushes: collections.deque[_FlushRequest] = collections.deque()
+        self._wake = threading.Event()
+        self._stopping = False
         self._on_drop = on_drop
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name=f"loopml-{dataset}-writer", daemon=True)
@@ -93,26 +96,24 @@ class BatchWriter:
 
         Returns False, and counts a drop, when the queue stayed full.
         """
-        try:
-            if timeout is None:
-                self._queue.put_nowait(record)
-            else:
-                self._queue.put(record, timeout=timeout)
-        except queue.Full:
-            self._drop(1)
-            return False
+        if len(self._items) >= self.max_queue:
+            deadline = time.monotonic() + (timeout or 0.0)
+            while len(self._items) >= self.max_queue and time.monotonic() < deadline:
+                self._wake.set()
+                time.sleep(ROOM_POLL_SECONDS)
+            if len(self._items) >= self.max_queue:
+                self._drop(1)
+                return False
+        self._items.append(record)
+        if len(self._items) >= self.batch_size:
+            self._wake.set()
         return True
 
     def flush(self, timeout: float = 30.0) -> None:
         """Block until every record queued before this call is written; raise if that cannot be done."""
         request = _FlushRequest()
-        try:
-            self._queue.put(request, timeout=timeout)
-        except queue.Full as exc:
-            raise StoreUnavailableError(
-                f"The {self.dataset} writer's queue stayed full for {timeout} s: the offline store at "
-                f"{self.offline.root} is not keeping up. Check that its disk is writable and not full."
-            ) from exc
+        self._flushes.append(request)
+        self._wake.set()
         if not request.done.wait(timeout):
             raise StoreUnavailableError(
                 f"The {self.dataset} writer did not flush within {timeout} s; check the offline store at "
@@ -129,46 +130,55 @@ class BatchWriter:
         try:
             self.flush(timeout)
         finally:
-            try:
-                self._queue.put(_STOP, timeout=timeout)
-            except queue.Full:
-                logger.error("The %s writer could not be stopped: its queue stayed full", self.dataset)
+            self._stopping = True
+            self._wake.set()
             self._thread.join(timeout)
 
     def _run(self) -> None:
         pending: list[dict[str, Any]] = []
-        deadline = math.inf
-        failing = False
+        oldest = math.inf  # when the oldest pending record had arrived by
         while True:
-            wait = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
-            try:
-                item = self._queue.get(timeout=wait)
-            except queue.Empty:
-                item = _TICK
-            if not (item is _TICK or item is _STOP or isinstance(item, _FlushRequest)):
-                records = self._records(item)
-                room = self.max_pending - len(pending)
-                if len(records) > room:
-                    self._drop(len(records) - max(room, 0))
-                    records = records[: max(room, 0)]
-                if not records:
-                    continue
-                if not pending:
-                    deadline = time.monotonic() + self.flush_seconds
-                pending.extend(records)
-                full = len(pending) >= self.batch_size and not failing
-                if not full and time.monotonic() < deadline:
-                    continue
-            pending, error = self._write(pending)
-            failing = error is not None
-            deadline = time.monotonic() + self.flush_seconds if pending else math.inf
-            if isinstance(item, _FlushRequest):
-                item.error = error
-                item.done.set()
-            elif item is _STOP:
-                if pending:
-                    logger.error("%d %s records were never written and are lost", len(pending), self.dataset)
+            stopping = self._stopping
+            since = time.monotonic()  # records taken after this wait arrived after this moment
+            if not stopping and not self._flushes:
+                self._wake.wait(
+                    self.flush_seconds
+                    if oldest == math.inf
+                    else max(0.0, oldest + self.flush_seconds - since)
+                )
+            self._wake.clear()
+            flushes = [
+                self._flushes.popleft() for _ in range(len(self._flushes))
+            ]  # before the records they cover
+            error = None
+            while True:
+                taken = self._take(self.max_queue - len(pending))
+                if taken and not pending:
+                    oldest = since
+                pending.extend(taken)
+                full = len(pending) >= self.batch_size
+                if pending and (
+                    flushes or stopping or full or time.monotonic() >= oldest + self.flush_seconds
+                ):
+                    pending, error = self._write(pending)
+                    oldest = time.monotonic() if pending else math.inf
+                if error is not None or not (flushes or stopping) or not self._items:
+                    break
+            for request in flushes:
+                request.error = error
+                request.done.set()
+            if stopping:
+                if pending or self._items:
+                    lost = len(pending) + len(self._items)
+                    logger.error("%d %s records were never written and are lost", lost, self.dataset)
                 return
+
+    def _take(self, room: int) -> list[dict[str, Any]]:
+        """Records of up to `room` queued items (fewer when the store is failing and records pile up)."""
+        records: list[dict[str, Any]] = []
+        while self._items and len(records) < room:
+            records.extend(self._records(self._items.popleft()))
+        return records
 
     def _records(self, item: Any) -> list[dict[str, Any]]:
         if self._expand is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from loopml.serving.endpoints import Endpoint, list_endpoints
 from loopml.storage.metadata import MetadataStore
 
 logger = logging.getLogger(__name__)
+
+MAX_CACHED_PLANS = 1024  # distinct feature lists asked for; past that the cache starts over
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class Router:
         self.search_path = search_path  # where on-demand views' code is imported from
         self.routes: dict[str, LoadedModel] = {}
         self.feature_views: dict[str, FeatureView | OnDemandFeatureView] = {}
+        self._plans: dict[tuple[str, ...], FeaturePlan] = {}  # of these feature views
         self.seen_counter = -1
         self._estimators: dict[tuple[str, int], tuple[ModelVersion, Any]] = {}
         self._lock = threading.Lock()
@@ -73,6 +77,7 @@ class Router:
             self.routes = routes
             self.feature_views = {view.name: view for view in list_feature_views(self.metadata)}
             self.feature_views.update(self._on_demand_views())
+            self._plans = {}
             self.seen_counter = counter
             keep = {(m.version.model_name, m.version.version) for m in [*routes.values(), *previous.values()]}
             self._estimators = {key: value for key, value in self._estimators.items() if key in keep}
@@ -95,6 +100,18 @@ class Router:
                 f"No feature view named '{name}' is served; applied views: {sorted(self.feature_views) or 'none'}."
             )
         return view
+
+    def feature_plan(self, refs: Sequence[str]) -> FeaturePlan:
+        """How to read `refs` from the current feature views, cached until they change."""
+        plans = self._plans  # before the views: a refresh in between discards what is cached here
+        key = tuple(refs)
+        plan = plans.get(key)
+        if plan is None:
+            plan = plan_features(refs, self.feature_view)
+            if len(plans) >= MAX_CACHED_PLANS:
+                plans.clear()
+            plans[key] = plan
+        return plan
 
     def _route(self, endpoint: Endpoint) -> LoadedModel | None:
         version_number = self.registry.get_alias(endpoint.model_name, endpoint.alias)

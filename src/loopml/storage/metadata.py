@@ -78,6 +78,7 @@ class MetadataStore:
         self.url = url
         self.clock = clock
         self.engine = _make_engine(url, connect_args or {})
+        self.local_changes = 0  # change counter bumps made through this store
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -151,6 +152,7 @@ class MetadataStore:
 
     def bump_change_counter(self, conn: Connection) -> None:
         """Tell servers that routing-relevant state moved; they reload when the counter changes."""
+        self.local_changes += 1  # readers in this process need not wait for their next poll
         updated = conn.execute(
             update(change_counter_table)
             .where(change_counter_table.c.id == 1)

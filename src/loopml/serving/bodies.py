@@ -1,0 +1,47 @@
+"""Request bodies parsed straight from bytes, and JSON answers written by orjson, for the hot routes.
+
+FastAPI's own body handling (dependency solving, `jsonable_encoder`, thread hops for plain functions) costs
+more than a feature read itself; these routes take the raw request and keep their documented schema through
+`openapi_body`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import orjson
+import pydantic
+from fastapi.responses import Response
+
+from loopml.errors import ValidationError
+
+Body = TypeVar("Body", bound=pydantic.BaseModel)
+
+
+def parse_body(model: type[Body], raw: bytes) -> Body:
+    """`raw` validated as `model`; a bad body is a ValidationError naming each problem and where."""
+    try:
+        return model.model_validate_json(raw)
+    except pydantic.ValidationError as exc:
+        raise ValidationError(f"Invalid request body: {describe_errors(exc.errors())}") from None
+
+
+def describe_errors(errors: list[Any]) -> str:
+    """Pydantic's errors as 'where: what' phrases."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors)
+
+
+def openapi_body(model: type[pydantic.BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that parses `model` itself."""
+    schema = model.model_json_schema()
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def json_response(payload: Any, status_code: int = 200) -> Response:
+    """`payload` as JSON; what orjson cannot write (an integer past 64 bits) goes through the json module."""
+    try:
+        content = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError:
+        content = json.dumps(payload, default=str).encode()
+    return Response(content, status_code=status_code, media_type="application/json")
