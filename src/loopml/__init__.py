@@ -12,12 +12,15 @@ from loopml.clock import Clock, SimulatedClock, SystemClock
 from loopml.errors import LoopmlError
 from loopml.features import (
     Aggregation,
+    CsvSource,
+    DataFrameSource,
     Entity,
     FeatureService,
     FeatureView,
     Field,
     OnDemandFeatureView,
     ParquetSource,
+    SqlSource,
     on_demand_feature_view,
 )
 from loopml.loop import Controller, DriftRetrainPolicy
@@ -28,6 +31,8 @@ __all__ = [
     "Aggregation",
     "Clock",
     "Controller",
+    "CsvSource",
+    "DataFrameSource",
     "DriftRetrainPolicy",
     "Entity",
     "FeatureService",
@@ -38,6 +43,7 @@ __all__ = [
     "ParquetSource",
     "Project",
     "SimulatedClock",
+    "SqlSource",
     "SystemClock",
     "TrainingSpec",
     "__version__",

@@ -28,3 +28,7 @@ class ArtifactCorruptedError(LoopmlError):
 
 class StoreUnavailableError(LoopmlError):
     """A configured backend (database, Redis, object storage) cannot be reached."""
+
+
+class MaterializationError(LoopmlError):
+    """Materialising one or more feature views failed; the others were written and every run is recorded."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +20,20 @@ from loopml.features.definitions import (
     FeatureService,
     FeatureView,
 )
-from loopml.features.materialize import materialize_view
+from loopml.features.frame_store import store_frames
+from loopml.features.materialize import MaterializeProgress, materialize
 from loopml.features.on_demand import FeaturePlan, OnDemandFeatureView, plan_features, transform_frame
 from loopml.features.registry import AppliedChange
 from loopml.registry.models import ModelRegistry
 from loopml.schema import register_all_tables
+from loopml.serving.endpoints import served_views
 from loopml.storage.artifacts import ArtifactStore
 from loopml.storage.metadata import MetadataStore
 from loopml.storage.offline import OfflineStore
 from loopml.storage.online import open_online_store
 from loopml.training.pipeline import TrainedModel, TrainingSpec, train
+
+DEFINITIONS_POLL_SECONDS = 1.0  # how stale another process's apply may look to cached reads
 
 
 class Project:
@@ -57,16 +63,38 @@ class Project:
         )
         self.registry = ModelRegistry(self.metadata, self.artifacts)
         self._views: dict[str, FeatureView | OnDemandFeatureView] = {}
-        self._views_seen = -1
+        self._plans: dict[tuple[str, ...], FeaturePlan] = {}
+        self._views_seen = self._local_seen = -1
+        self._checked_at = -math.inf
 
     # features
     def apply(
         self,
         objects: Iterable[Entity | FeatureView | OnDemandFeatureView | FeatureService],
         actor: str = "loopml",
+        *,
+        prune: bool = False,
     ) -> list[AppliedChange]:
-        """Record entity, feature view, on-demand view and feature service definitions (like `feast apply`)."""
-        return feature_registry.apply(self.metadata, objects, actor)
+        """Record entity, feature view, on-demand view and feature service definitions (like `feast apply`).
+
+        With `prune`, `objects` are the whole desired state: stored definitions absent from them are deleted
+        (their versions are kept); deleting a view that a deployed model reads is refused. A DataFrameSource's
+        frame is stored in the offline store first, and the view records that file.
+        """
+        in_use = served_views(self.metadata, self.registry) if prune else None
+        objects = store_frames(objects, self.offline, self.path)
+        return feature_registry.apply(self.metadata, objects, actor, prune=prune, in_use=in_use)
+
+    def plan(
+        self,
+        objects: Iterable[Entity | FeatureView | OnDemandFeatureView | FeatureService],
+        *,
+        prune: bool = False,
+    ) -> list[AppliedChange]:
+        """What `apply` would do to each definition, without writing anything."""
+        in_use = served_views(self.metadata, self.registry) if prune else None
+        objects = store_frames(objects, self.offline, self.path, write=False)
+        return feature_registry.plan(self.metadata, objects, prune=prune, in_use=in_use)
 
     def get_historical_features(
         self,
@@ -92,22 +120,34 @@ class Project:
         return transform_frame(plan, frame, full_feature_names=full_feature_names)
 
     def materialize(
-        self, end: datetime, start: datetime | None = None, views: Sequence[str] | None = None
+        self,
+        end: datetime | None = None,
+        start: datetime | None = None,
+        views: Sequence[str] | None = None,
+        *,
+        incremental: bool = False,
+        lookback: timedelta = timedelta(0),
+        progress: MaterializeProgress | None = None,
     ) -> dict[str, int]:
-        """Load the latest values with event time in [start, end] into the online store, per view.
+        """Load the latest values with event time in [start, end] into the online store; rows written per view.
 
-        Without `start`, each view loads from `end - ttl`: older values would read as expired anyway.
+        `end` defaults to now by the project clock. Without `start`, each view loads from `end - ttl`: older
+        values would read as expired anyway. `incremental` continues each view from the end of its last
+        successful run of the same definition version, less `lookback` (for rows that arrive late). Every
+        view's run is recorded; `loopml features runs` lists them.
         """
-        end = as_utc(end)
-        written = {}
-        for view in feature_registry.list_feature_views(self.metadata):
-            if views is not None and view.name not in views:
-                continue
-            view_start = as_utc(start) if start is not None else end - view.ttl
-            written[view.name] = materialize_view(
-                view, self.online, base_dir=self.path, start=view_start, end=end, connect=self.offline.connect
-            )
-        return written
+        return materialize(
+            self.metadata,
+            self.online,
+            base_dir=self.path,
+            end=self.clock.now() if end is None else as_utc(end),
+            start=None if start is None else as_utc(start),
+            views=views,
+            incremental=incremental,
+            lookback=lookback,
+            connect=self.offline.connect,
+            progress=progress,
+        )
 
     def push(self, view: str, rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> int:
         """Write fresh rows (or, for an aggregation view, events) of `view` straight to the online store."""
@@ -168,14 +208,29 @@ class Project:
         }
 
     def _plan(self, features: Sequence[str] | FeatureService) -> FeaturePlan:
-        """Resolve feature references against the applied views, cached until the metadata change counter
-        moves (apply bumps it), so a read costs one metadata query."""
+        """Resolve feature references against the applied views; cached while the definitions stay the same."""
         if isinstance(features, FeatureService):
             features = features.features
+        self._refresh_definitions()
+        key = tuple(features)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = plan_features(features, self._view)
+        return plan
+
+    def _refresh_definitions(self) -> None:
+        """Forget cached views and plans when definitions changed: at once after a change made through this
+        project, and within DEFINITIONS_POLL_SECONDS of one made by another process (one query per poll)."""
+        now = time.monotonic()
+        if (
+            self.metadata.local_changes == self._local_seen
+            and now < self._checked_at + DEFINITIONS_POLL_SECONDS
+        ):
+            return
         counter = self.metadata.change_counter()
+        self._checked_at, self._local_seen = now, self.metadata.local_changes
         if counter != self._views_seen:
-            self._views, self._views_seen = {}, counter
-        return plan_features(features, self._view)
+            self._views, self._plans, self._views_seen = {}, {}, counter
 
     def _view(self, name: str) -> FeatureView | OnDemandFeatureView:
         if name not in self._views:

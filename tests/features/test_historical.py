@@ -174,8 +174,11 @@ def brute_force(entities: pd.DataFrame, rows: pd.DataFrame, ttl: timedelta) -> l
     return answers
 
 
+@pytest.mark.parametrize("with_created", [True, False], ids=["created-time", "event-time-only"])
 @pytest.mark.parametrize("seed", range(5))
-def test_join_equals_the_row_by_row_definition_on_random_data(project: Project, seed: int) -> None:
+def test_join_equals_the_row_by_row_definition_on_random_data(
+    project: Project, seed: int, with_created: bool
+) -> None:
     rng = np.random.default_rng(seed)
     start = ts("2026-01-01")
     n = 300
@@ -184,6 +187,9 @@ def test_join_equals_the_row_by_row_definition_on_random_data(project: Project, 
     delay = pd.to_timedelta(np.where(late, rng.integers(24, 120, n), rng.integers(0, 3, n)), unit="h")
     # Equal event times stay, but exact duplicates of (user, event, created) would have no defined winner.
     delay += pd.to_timedelta(np.arange(n), unit="s")
+    if not with_created:  # a row is known from its event time, and only distinct event times have a winner
+        event += pd.to_timedelta(np.arange(n), unit="s")
+        delay = pd.to_timedelta(np.zeros(n), unit="s")
     rows = pd.DataFrame(
         {
             "user_id": rng.integers(0, 6, n),
@@ -197,7 +203,7 @@ def test_join_equals_the_row_by_row_definition_on_random_data(project: Project, 
     view = FeatureView(
         f"random{seed}",
         [USER],
-        ParquetSource(path, "event_timestamp", "created_timestamp"),
+        ParquetSource(path, "event_timestamp", "created_timestamp" if with_created else None),
         [Field("score")],
         ttl=ttl,
     )

@@ -1,3 +1,4 @@
+import time
 from datetime import timedelta
 
 import pytest
@@ -63,3 +64,27 @@ def test_apply_versions_changed_definitions(project: Project, user_view) -> None
         "feature_view.created",
         "feature_view.updated",
     ]
+
+
+def test_cached_definitions_follow_applies_here_at_once_and_elsewhere_within_the_poll(
+    project: Project, clock, user_view, online_backend, monkeypatch
+) -> None:
+    from dataclasses import replace
+
+    import loopml.project
+
+    project.materialize(end=ts("2026-01-02 12:00"))
+    clock.set(ts("2026-01-02 13:00"))
+    refs = ["user_scores:score"]
+    assert project.get_online_features({"user_id": [1]}, refs).statuses["score"] == [PRESENT]
+    project.apply([replace(user_view, ttl=timedelta(minutes=30))])  # through this project: seen at once
+    assert project.get_online_features({"user_id": [1]}, refs).statuses["score"] == [EXPIRED]
+
+    monkeypatch.setattr(loopml.project, "DEFINITIONS_POLL_SECONDS", 0.2)
+    other = Project(project.path, clock=clock, environ=online_backend)
+    try:
+        other.apply([user_view])  # another process restores the day-long ttl
+    finally:
+        other.close()
+    time.sleep(0.3)
+    assert project.get_online_features({"user_id": [1]}, refs).statuses["score"] == [PRESENT]

@@ -11,7 +11,8 @@ from loopml.errors import ValidationError
 
 
 def collect(directory: Path, kinds: tuple[type, ...], files: list[Path] | None = None) -> list[Any]:
-    """Every instance of `kinds` defined at module level in the project's .py files (or the given files).
+    """Every instance of `kinds` defined at module level in the project's .py files (or the given files),
+    directly or in a module-level list or tuple (`DEFINITIONS = [user, profile]`).
 
     Each file is imported once as a module named after it (so functions defined there, such as on-demand
     views, can be imported again by serving), with the project directory importable.
@@ -28,8 +29,9 @@ def collect(directory: Path, kinds: tuple[type, ...], files: list[Path] | None =
                     f"Loading definitions from {path} failed: {type(exc).__name__}: {exc}"
                 ) from exc
             for value in namespace.values():
-                if isinstance(value, kinds):
-                    found[id(value)] = value
+                for item in value if isinstance(value, list | tuple) else (value,):
+                    if isinstance(item, kinds):
+                        found[id(item)] = item
     finally:
         sys.path.remove(str(directory.resolve()))
     return list(found.values())

@@ -13,6 +13,7 @@ from rich.table import Table
 from loopml.cli.common import ProjectOption, console, open_project, parse_time
 from loopml.data.snapshots import get_snapshot, list_snapshots
 from loopml.features.registry import definition_versions, list_definitions
+from loopml.features.runs import FAILED, RUNNING, list_runs
 from loopml.features.skew import (
     DEFAULT_MAX_LOOKUPS,
     OFFLINE_MISSING,
@@ -54,6 +55,43 @@ def show(
     versions = definition_versions(project.metadata, KINDS[kind], name)
     console.print(yaml.safe_dump(versions[-1].spec, sort_keys=False), end="")
     console.print("versions: " + ", ".join(f"v{v.version} ({v.created_at:%Y-%m-%d %H:%M})" for v in versions))
+    if versions[-1].deleted_at is not None:
+        console.print(
+            f"deleted: {versions[-1].deleted_at:%Y-%m-%d %H:%M} (by `loopml apply`; versions are kept)"
+        )
+
+
+@features_app.command()
+def runs(
+    view: str | None = typer.Argument(None, help="Only this feature view's runs."),
+    limit: int = typer.Option(20, min=1, help="Show the newest N runs."),
+    project_dir: Path = ProjectOption,
+) -> None:
+    """Materialisation history: each run's view version, event-time range, rows, status and error."""
+    project = open_project(project_dir)
+    table = Table("run", "view", "mode", "from", "to", "rows", "status", "started", "seconds", "error")
+    found = list_runs(project.metadata, view, last=limit)
+    if not found:
+        console.print(
+            f"No materialisation runs{f' of {view!r}' if view else ''} yet; run `loopml materialize`."
+        )
+        return
+    for run in found:
+        took = (run.finished_at - run.started_at).total_seconds() if run.finished_at else None
+        table.add_row(
+            str(run.id),
+            f"{run.view} v{run.view_version}",
+            "incremental" if run.incremental else "range",
+            f"{run.start:%Y-%m-%d %H:%M:%S}",
+            f"{run.end:%Y-%m-%d %H:%M:%S}",
+            f"{run.rows:,}",
+            run.status,
+            f"{run.started_at:%Y-%m-%d %H:%M}",
+            "-" if took is None else f"{took:.1f}",
+            run.error or "",
+            style={FAILED: "red", RUNNING: "yellow"}.get(run.status),
+        )
+    console.print(table)
 
 
 @features_app.command()

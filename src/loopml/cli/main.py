@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -13,12 +14,13 @@ from rich.table import Table
 from loopml.cli import features, models, monitor
 from loopml.cli.common import ProjectOption, console, err_console, open_project, parse_duration, parse_time
 from loopml.cli.definitions import collect
+from loopml.cli.materialize import materialize
 from loopml.config import write_config
 from loopml.errors import LoopmlError, NotFoundError
 from loopml.features import Entity, FeatureService, FeatureView, OnDemandFeatureView
-from loopml.features.registry import plan
+from loopml.features.registry import AppliedChange
 from loopml.loop.controller import Controller
-from loopml.loop.policy import DriftRetrainPolicy, list_policies, save_policy
+from loopml.loop.policy import DriftRetrainPolicy, apply_policies, list_policies, plan_policies
 from loopml.serving.endpoints import deploy as deploy_endpoint
 from loopml.training.pipeline import TrainingSpec
 
@@ -50,6 +52,14 @@ def init(
 @app.command()
 def apply(
     files: list[Path] | None = typer.Argument(None, help="Definition files (default: the project's *.py)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and change nothing."),
+    prune: bool | None = typer.Option(
+        None,
+        "--prune/--no-prune",
+        help="Delete stored definitions and policies absent from the files (default: prune when reading the "
+        "whole project, not when files are named).",
+    ),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Apply a plan that deletes without asking first."),
     project_dir: Path = ProjectOption,
 ) -> None:
     """Register entities, feature views, feature services and policies defined in Python: prints the plan, then applies."""
@@ -63,35 +73,65 @@ def apply(
             "No Entity, FeatureView, FeatureService or DriftRetrainPolicy found; define them in a .py file of the project."
         )
         raise typer.Exit(1)
-    table = Table("action", "kind", "name", "version")
-    colours = {"create": "green", "update": "yellow", "unchanged": "dim"}
-    for change in plan(project.metadata, objects):
-        table.add_row(
-            change.action, change.kind, change.name, str(change.version), style=colours[change.action]
+    prune = not files if prune is None else prune
+    changes = [(c.action, c.kind, c.name, _version_change(c)) for c in project.plan(objects, prune=prune)]
+    changes += [
+        (c.action, "policy", c.name, "") for c in plan_policies(project.metadata, policies, prune=prune)
+    ]
+    _print_plan(changes)
+    if dry_run or all(action == "unchanged" for action, *_ in changes):
+        return
+    deletes = [f"{kind} '{name}'" for action, kind, name, _ in changes if action == "delete"]
+    if deletes and not yes and not _confirm(f"Delete {', '.join(deletes)}?"):
+        console.print("Nothing applied. Pass --yes to apply a plan that deletes without being asked.")
+        raise typer.Exit(1)
+    project.apply(objects, actor="cli", prune=prune)
+    apply_policies(project.metadata, policies, prune=prune, actor="cli")
+    console.print("Applied.")
+
+
+def _confirm(question: str) -> bool:
+    """Ask on the terminal; no answer (no terminal, end of input, Ctrl-C) is a no."""
+    try:
+        return typer.confirm(
+            f"{question} Deleted definitions stop being listed and served; their versions are kept.",
+            default=False,
         )
-    for policy in policies:
-        table.add_row("save", "policy", policy.name, "-", style="green")
+    except typer.Abort:
+        return False
+
+
+PLAN_MARKS = {
+    "create": ("+", "green"),
+    "update": ("~", "yellow"),
+    "delete": ("-", "red"),
+    "unchanged": (" ", "dim"),
+}
+
+
+def _version_change(change: AppliedChange) -> str:
+    if change.action == "update":
+        return f"v{change.version - 1} → v{change.version}"
+    if change.action == "delete":
+        return f"v{change.version} (versions kept)"
+    return f"v{change.version}"
+
+
+def _print_plan(changes: list[tuple[str, str, str, str]]) -> None:
+    """Terraform-like: + create, ~ update, - delete, then a summary line."""
+    table = Table("", "action", "kind", "name", "version", box=None)
+    for action, kind, name, version in changes:
+        mark, colour = PLAN_MARKS[action]
+        table.add_row(mark, action, kind, name, version, style=colour)
     console.print(table)
-    project.apply(objects, actor="cli")
-    for policy in policies:
-        save_policy(project.metadata, policy, actor="cli")
-
-
-@app.command()
-def materialize(
-    end: str | None = typer.Option(
-        None, help="Load values with event time up to this ISO time (default now)."
-    ),
-    start: str | None = typer.Option(None, help="From this ISO time (default: end minus each view's ttl)."),
-    project_dir: Path = ProjectOption,
-) -> None:
-    """Copy the latest feature values from the offline sources into the online store."""
-    project = open_project(project_dir)
-    written = project.materialize(
-        end=parse_time(end, project), start=None if start is None else parse_time(start, project)
+    counts = Counter(action for action, *_ in changes)
+    console.print(
+        f"Plan: {counts['create']} to create, {counts['update']} to update, {counts['delete']} to delete, "
+        f"{counts['unchanged']} unchanged."
     )
-    for view, rows in written.items():
-        console.print(f"{view}: {rows} entities")
+
+
+app.command()(materialize)
 
 
 @app.command()

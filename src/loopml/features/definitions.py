@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from loopml.errors import ValidationError
+from loopml.features.sources import SOURCE_TYPES, TIMESTAMP, DataFrameSource, Source, source_from_spec
 
 DTYPES = ("float64", "int64", "string", "bool")
 AGGREGATE_FUNCTIONS = ("count", "sum", "mean", "min", "max")
@@ -141,15 +142,6 @@ class Aggregation:
 
 
 @dataclass(frozen=True)
-class ParquetSource:
-    """Parquet files (a path or glob, relative to the project directory) with an event time column."""
-
-    path: str
-    timestamp_field: str = "event_timestamp"
-    created_timestamp_field: str | None = None
-
-
-@dataclass(frozen=True)
 class FeatureView:
     """Features of one or more entities read from a source, valid for `ttl` after their event time.
 
@@ -160,7 +152,7 @@ class FeatureView:
 
     name: str
     entities: tuple[Entity, ...]
-    source: ParquetSource
+    source: Source
     schema: tuple[Field, ...] = ()
     ttl: timedelta | None = None
     description: str = ""
@@ -174,6 +166,11 @@ class FeatureView:
         if not entities:
             raise ValidationError(f"FeatureView '{self.name}' needs at least one entity.")
         object.__setattr__(self, "entities", entities)
+        if not isinstance(self.source, SOURCE_TYPES):
+            raise ValidationError(
+                f"FeatureView '{self.name}' has source {self.source!r}; use a ParquetSource, CsvSource, "
+                "SqlSource or DataFrameSource."
+            )
         object.__setattr__(self, "schema", tuple(self.schema))
         object.__setattr__(self, "aggregations", tuple(self.aggregations))
         if self.aggregations:
@@ -198,6 +195,13 @@ class FeatureView:
         clashes = set(self.feature_names) & set(self.join_keys)
         if clashes:
             raise ValidationError(f"FeatureView '{self.name}' uses join keys {sorted(clashes)} as features.")
+        if isinstance(self.source, DataFrameSource) and self.source.frame is not None:
+            missing = [c for c in self.source_columns if c not in self.source.frame.columns]
+            if missing:
+                raise ValidationError(
+                    f"FeatureView '{self.name}' reads column(s) {missing} that its DataFrameSource lacks; "
+                    "add them to the frame or fix the view's join keys and features."
+                )
 
     def _derive_aggregation_schema(self) -> None:
         if self.schema:
@@ -221,6 +225,19 @@ class FeatureView:
     def feature_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.schema)
 
+    @property
+    def source_columns(self) -> dict[str, str | None]:
+        """The source columns the view reads, with their declared dtype (None: as the source has it)."""
+        columns: dict[str, str | None] = dict.fromkeys(self.join_keys)
+        columns[self.source.timestamp_field] = TIMESTAMP
+        if self.source.created_timestamp_field:
+            columns[self.source.created_timestamp_field] = TIMESTAMP
+        if self.aggregations:
+            columns.update((a.column, None) for a in self.aggregations if a.column is not None)
+        else:
+            columns.update((f.name, f.dtype) for f in self.schema)
+        return columns
+
     def dtype_of(self, feature: str) -> str:
         for f in self.schema:
             if f.name == feature:
@@ -239,11 +256,7 @@ class FeatureView:
         return extra | {
             "name": self.name,
             "entities": [e.spec() for e in self.entities],
-            "source": {
-                "path": self.source.path,
-                "timestamp_field": self.source.timestamp_field,
-                "created_timestamp_field": self.source.created_timestamp_field,
-            },
+            "source": self.source.spec(),
             "schema": [{"name": f.name, "dtype": f.dtype} for f in self.schema],
             "ttl_seconds": self.ttl.total_seconds(),
             "description": self.description,
@@ -256,7 +269,7 @@ class FeatureView:
         return cls(
             name=spec["name"],
             entities=tuple(Entity.from_spec(e) for e in spec["entities"]),
-            source=ParquetSource(**spec["source"]),
+            source=source_from_spec(spec["source"]),
             schema=() if aggregations else tuple(Field(**f) for f in spec["schema"]),
             ttl=timedelta(seconds=spec["ttl_seconds"]),
             description=spec.get("description", ""),

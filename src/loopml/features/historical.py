@@ -19,17 +19,16 @@ import pandas as pd
 from loopml.errors import ValidationError
 from loopml.features.aggregations import aggregation_ctes
 from loopml.features.definitions import FeatureView, feature_column
-from loopml.storage.offline import duckdb_connection, quote, sql_string
+from loopml.features.sources import source_relation
+from loopml.storage.offline import duckdb_connection, quote
 
 ROW_ID = "__loopml_row"
 
 
 def source_sql(view: FeatureView, base_dir: Path) -> str:
-    """A DuckDB table expression over the view's Parquet files."""
-    path = Path(view.source.path)
-    if not path.is_absolute():
-        path = base_dir / path
-    return f"read_parquet({sql_string(path.as_posix())}, union_by_name=true)"
+    """A DuckDB table expression over the view's source (Parquet or CSV files, a query, a stored DataFrame),
+    with the columns the view reads typed as declared; checked once per process (see `source_relation`)."""
+    return source_relation(view.name, view.source, view.source_columns, base_dir)
 
 
 def get_historical_features(
@@ -84,25 +83,24 @@ def _view_ctes(
     """
     keys = [quote(k) for k in view.join_keys]
     ts = f"f.{quote(view.source.timestamp_field)}::TIMESTAMPTZ"
-    created = (
-        f"f.{quote(view.source.created_timestamp_field)}::TIMESTAMPTZ"
-        if view.source.created_timestamp_field
-        else ts
-    )
     features = [quote(feature) for feature, _ in outputs]
-    key_list = ", ".join(keys)
     semi = " AND ".join(f"f.{k} = k.{k}" for k in keys)
+    rows = (
+        f"{source_sql(view, base_dir)} AS f "
+        f"SEMI JOIN (SELECT DISTINCT {', '.join(keys)} FROM entity_df) AS k ON {semi}"
+    )
+    if view.source.created_timestamp_field:
+        created = f"f.{quote(view.source.created_timestamp_field)}::TIMESTAMPTZ"
+        known = _best_known_ctes(alias, keys, ts, created, features, rows)
+    else:  # a row is known from its event time on, so the latest row by then is the best known
+        known = [
+            f"{alias}_known AS (SELECT {', '.join(f'f.{k}' for k in keys)}, {ts} AS __ts, {ts} AS __avail, "
+            f"{', '.join(f'f.{c}' for c in features)} FROM {rows})"
+        ]
     ttl_micros = view.ttl // timedelta(microseconds=1)
     entity_ts = f"e.{quote(timestamp_field)}"
     return [
-        f"{alias}_rows AS (SELECT {', '.join(f'f.{k}' for k in keys)}, {ts} AS __ts, {created} AS __created, "
-        f"greatest({ts}, {created}) AS __avail, {', '.join(f'f.{c}' for c in features)}, "
-        f"row_number() OVER (PARTITION BY {', '.join(f'f.{k}' for k in keys)} ORDER BY {ts}, {created}) AS __rank "
-        f"FROM {source_sql(view, base_dir)} AS f SEMI JOIN (SELECT DISTINCT {key_list} FROM entity_df) AS k ON {semi})",
-        f"{alias}_best AS (SELECT {key_list}, __avail, max(__rank) OVER (PARTITION BY {key_list} ORDER BY __avail "
-        f"RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __best FROM {alias}_rows)",
-        f"{alias}_known AS (SELECT b.__avail, r.* EXCLUDE (__avail, __rank, __created) FROM {alias}_best AS b "
-        f"JOIN {alias}_rows AS r ON {' AND '.join(f'b.{k} = r.{k}' for k in keys)} AND r.__rank = b.__best)",
+        *known,
         f"{alias} AS (SELECT e.{ROW_ID}, "
         + ", ".join(
             f"CASE WHEN p.__ts >= {entity_ts} - to_microseconds({ttl_micros}) THEN p.{quote(feature)} END AS {quote(out)}"
@@ -111,6 +109,24 @@ def _view_ctes(
         + f" FROM entity_df AS e ASOF LEFT JOIN {alias}_known AS p ON "
         + " AND ".join(f"e.{k} = p.{k}" for k in keys)
         + f" AND {entity_ts} >= p.__avail)",
+    ]
+
+
+def _best_known_ctes(
+    alias: str, keys: Sequence[str], ts: str, created: str, features: Sequence[str], rows: str
+) -> list[str]:
+    """`{alias}_known`: for each moment a row became available, the best row (latest event time, then latest
+    created time) of its key available by then."""
+    key_list = ", ".join(keys)
+    return [
+        f"{alias}_rows AS (SELECT {', '.join(f'f.{k}' for k in keys)}, {ts} AS __ts, {created} AS __created, "
+        f"greatest({ts}, {created}) AS __avail, {', '.join(f'f.{c}' for c in features)}, "
+        f"row_number() OVER (PARTITION BY {', '.join(f'f.{k}' for k in keys)} ORDER BY {ts}, {created}) AS __rank "
+        f"FROM {rows})",
+        f"{alias}_best AS (SELECT {key_list}, __avail, max(__rank) OVER (PARTITION BY {key_list} ORDER BY __avail "
+        f"RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __best FROM {alias}_rows)",
+        f"{alias}_known AS (SELECT b.__avail, r.* EXCLUDE (__avail, __rank, __created) FROM {alias}_best AS b "
+        f"JOIN {alias}_rows AS r ON {' AND '.join(f'b.{k} = r.{k}' for k in keys)} AND r.__rank = b.__best)",
     ]
 
 

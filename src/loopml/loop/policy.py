@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 
 from loopml.errors import NotFoundError, ValidationError
 from loopml.features.definitions import check_identifier
@@ -96,6 +96,63 @@ def save_policy(metadata: MetadataStore, policy: DriftRetrainPolicy, *, actor: s
             actor=actor,
             reason=f"policy '{policy.name}' for model '{policy.model_name}' saved",
             data=policy.spec(),
+        )
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    name: str
+    action: str  # "create", "update", "unchanged" or "delete"
+
+
+def plan_policies(
+    metadata: MetadataStore, wanted: list[DriftRetrainPolicy], *, prune: bool = False
+) -> list[PolicyChange]:
+    """What `apply_policies` would do to each policy; with `prune`, stored ones absent from `wanted` go."""
+    with metadata.begin() as conn:
+        stored = {row.name: row.spec for row in conn.execute(select(policies.c.name, policies.c.spec))}
+    changes = []
+    for policy in wanted:
+        if policy.name not in stored:
+            changes.append(PolicyChange(policy.name, "create"))
+        else:
+            changes.append(
+                PolicyChange(policy.name, "unchanged" if stored[policy.name] == policy.spec() else "update")
+            )
+    if prune:
+        names = {policy.name for policy in wanted}
+        changes += [PolicyChange(name, "delete") for name in sorted(stored) if name not in names]
+    return changes
+
+
+def apply_policies(
+    metadata: MetadataStore, wanted: list[DriftRetrainPolicy], *, prune: bool = False, actor: str = "loopml"
+) -> list[PolicyChange]:
+    """Save new and changed policies and, with `prune`, delete stored ones absent from `wanted`."""
+    changes = plan_policies(metadata, wanted, prune=prune)
+    by_name = {policy.name: policy for policy in wanted}
+    for change in changes:
+        if change.action in ("create", "update"):
+            save_policy(metadata, by_name[change.name], actor=actor)
+        elif change.action == "delete":
+            delete_policy(metadata, change.name, actor=actor)
+    return changes
+
+
+def delete_policy(metadata: MetadataStore, name: str, *, actor: str = "loopml") -> None:
+    """Remove a policy and its state; the controller stops acting on it. The event keeps its last spec."""
+    with metadata.begin() as conn:
+        spec = conn.execute(select(policies.c.spec).where(policies.c.name == name)).scalar()
+        if spec is None:
+            raise NotFoundError(f"No policy named '{name}'; see `loopml policy list`.")
+        conn.execute(delete(policies).where(policies.c.name == name))
+        metadata.record_event(
+            conn,
+            kind="policy.deleted",
+            subject=f"policy:{name}",
+            actor=actor,
+            reason=f"policy '{name}' deleted",
+            data=spec,
         )
 
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import insert, select, update
 
 from loopml.errors import NotFoundError
-from loopml.features.definitions import check_identifier
+from loopml.features.definitions import check_identifier, group_feature_refs
 from loopml.registry.models import ModelRegistry
 from loopml.serving.tables import endpoints
 from loopml.storage.metadata import MetadataStore
@@ -78,3 +78,16 @@ def list_endpoints(metadata: MetadataStore) -> list[Endpoint]:
         return [
             Endpoint(**row._mapping) for row in conn.execute(select(endpoints).order_by(endpoints.c.name))
         ]
+
+
+def served_views(metadata: MetadataStore, registry: ModelRegistry) -> dict[str, str]:
+    """The feature views that each endpoint's current model version reads, with who reads them."""
+    served: dict[str, str] = {}
+    for endpoint in list_endpoints(metadata):
+        number = registry.get_alias(endpoint.model_name, endpoint.alias)
+        if number is None:
+            continue
+        version = registry.get_version(endpoint.model_name, number)
+        for view in group_feature_refs(version.features):
+            served.setdefault(view, f"endpoint '{endpoint.name}' (model {version.ref})")
+    return served
