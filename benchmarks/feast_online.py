@@ -183,8 +183,11 @@ def run_backend(args: argparse.Namespace, backend: str) -> tuple[list[dict[str, 
             ]
 
             def connection() -> openloop.Call:
-                poster = openloop.JSONPoster(url, "/get-online-features")
-                return lambda user: poster.post({"features": refs, "entities": {"user_id": [user]}})
+                return openloop.poster_call(
+                    url,
+                    "/get-online-features",
+                    lambda user: {"features": refs, "entities": {"user_id": [user]}},
+                )
 
             rows.append(measure(backend, "http", connection, args, workers=args.in_flight))
         finally:

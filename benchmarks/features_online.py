@@ -150,8 +150,9 @@ def measure_http(
             check_values(values, expected[user], f"loopml {backend} http, user {user}")
 
     def connection() -> openloop.Call:
-        client = openloop.JSONPoster(url, "/v1/features/online")
-        return lambda user: client.post({"entities": {"user_id": [user]}, "features": refs})
+        return openloop.poster_call(
+            url, "/v1/features/online", lambda user: {"entities": {"user_id": [user]}, "features": refs}
+        )
 
     return measure(system, backend, "http", connection, args, workers=args.in_flight), answer
 

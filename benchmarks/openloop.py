@@ -151,3 +151,17 @@ class JSONPoster:
         if not chunk:
             raise ConnectionError(f"{self.path}: the server closed the connection")
         self.buffer += chunk
+
+
+def poster_call(url: str, path: str, body_for: Callable[[int], dict[str, Any]]) -> Call:
+    """A call POSTing `body_for(user)` on its own connection; each user's request is encoded once."""
+    poster = JSONPoster(url, path)
+    encoded: dict[int, bytes] = {}
+
+    def call(user: int) -> bytes:
+        request = encoded.get(user)
+        if request is None:
+            request = encoded[user] = poster.encode(body_for(user))
+        return poster.send(request)
+
+    return call

@@ -25,9 +25,16 @@ def peak_bytes() -> int:
 
 
 def time_calls(call: Callable[[], pd.DataFrame], repeats: int, out: Path, **extra: object) -> None:
-    """Time `call` `repeats` times; the first result goes to result.parquet, timings after every call (so a
-    run stopped for time still reports the calls it finished)."""
+    """Time `call` `repeats` times; the first result goes to result.parquet, timings (and `extra`) before the
+    first call and after every call (so a run stopped for time still reports the calls it finished, and one
+    that fails still reports `extra`)."""
     seconds: list[float] = []
+
+    def write() -> None:
+        timing = {"seconds": seconds, "peak_bytes": peak_bytes(), **extra}
+        (out / "timing.json").write_text(json.dumps(timing))
+
+    write()
     for _ in range(repeats):
         started = time.perf_counter()
         result = call()
@@ -35,15 +42,15 @@ def time_calls(call: Callable[[], pd.DataFrame], repeats: int, out: Path, **extr
         if len(seconds) == 1:
             result.to_parquet(out / "result.parquet")
         del result
-        timing = {"seconds": seconds, "peak_bytes": peak_bytes(), **extra}
-        (out / "timing.json").write_text(json.dumps(timing))
+        write()
 
 
 def worker_arguments(
     description: str, option: str, choices: list[str]
 ) -> tuple[argparse.Namespace, dict, pd.DataFrame]:
-    """A worker's command line (data dir, output dir, `--{option}` among `choices`, --repeats), with the
-    data directory's spec.json and entity frame loaded."""
+    """A worker's command line (data dir, output dir, `--{option}` among `choices`, --repeats,
+    --no-aggregation), with the data directory's spec.json and entity frame loaded. The spec's aggregation is
+    left out of it with --no-aggregation, so a worker only sees the work it is asked to do."""
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -51,6 +58,9 @@ def worker_arguments(
     parser.add_argument("out", type=Path)
     parser.add_argument(f"--{option}", choices=choices, required=True)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-aggregation", action="store_true", help="retrieve the plain views only")
     args = parser.parse_args()
     spec = json.loads((args.data / "spec.json").read_text())
+    if args.no_aggregation:
+        spec.pop("aggregation", None)
     return args, spec, pd.read_parquet(args.data / "entities.parquet")
