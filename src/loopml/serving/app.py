@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 import uuid
@@ -81,8 +82,13 @@ class Metrics:
         )
 
 
-def create_app(project: Project) -> FastAPI:
-    """Build the serving app for a project; models load at start-up, before the app reports ready."""
+def create_app(project: Project, *, freeze_startup_heap: bool = False) -> FastAPI:
+    """Build the serving app for a project; models load at start-up, before the app reports ready.
+
+    `freeze_startup_heap` (for a process that only serves) moves what start-up loaded out of the garbage
+    collector's sight: a full collection over that heap (libraries, models) paused every request for
+    140-170 ms; afterwards it scans only what requests allocate.
+    """
     metrics = Metrics()
     router = Router(project.metadata, project.registry, project.path)
     serving = project.config["serving"]
@@ -109,6 +115,9 @@ def create_app(project: Project) -> FastAPI:
             on_drop=metrics.lookups_dropped.inc,
             expand=expand_lookup,
         )
+        if freeze_startup_heap:
+            gc.collect()
+            gc.freeze()
         refresher = asyncio.create_task(_refresh_routes(router))
         try:
             yield
