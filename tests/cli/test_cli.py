@@ -85,6 +85,15 @@ def test_init_apply_and_events_from_the_command_line(tmp_path: Path) -> None:
     assert "feature_view.created" in events.output and "feature_view.updated" in events.output
 
 
+def test_a_project_file_named_like_an_installed_module_is_refused(tmp_path: Path) -> None:
+    runner.invoke(app, ["init", str(tmp_path)])
+    (tmp_path / "json.py").write_text(DEFINITIONS.format(days=1))
+    result = runner.invoke(app, ["apply", "-p", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "has the name of the module 'json'" in str(result.exception)
+    assert sys.modules["json"].__file__ != str(tmp_path / "json.py")
+
+
 def test_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "loopml", "models", "list", "-p", str(tmp_path)],

@@ -83,6 +83,25 @@ def test_several_views_and_full_feature_names(project: Project, user_view) -> No
     assert (result.user_scores__score[0], result.merchant_scores__score[0]) == (1.0, 0.5)
 
 
+def test_each_view_applies_its_own_ttl_in_one_retrieval(project: Project, user_view) -> None:
+    """user_scores keeps a value for 1 day, user_profile (same user, same entity rows) for 7 days."""
+    rows = pd.DataFrame({"user_id": [2], "event_timestamp": [ts("2026-01-01 12:00")], "tier": [3.0]})
+    profile = FeatureView(
+        "user_profile",
+        [USER],
+        ParquetSource(write_source(project, "user_profile", rows), "event_timestamp"),
+        [Field("tier")],
+        ttl=timedelta(days=7),
+    )
+    project.apply([profile])
+    moments = ["2026-01-02 12:00", "2026-01-02 12:00:01", "2026-01-08 12:00", "2026-01-08 12:00:01"]
+    result = project.get_historical_features(
+        entity_rows(*[(2, m) for m in moments]), ["user_scores:score", "user_profile:tier"]
+    )
+    assert result.score.fillna(-1).tolist() == [10.0, -1, -1, -1]
+    assert result.tier.fillna(-1).tolist() == [3.0, 3.0, 3.0, -1]
+
+
 def test_naive_timestamps_are_read_as_utc(project: Project, user_view) -> None:
     entities = pd.DataFrame({"user_id": [1], "event_timestamp": [pd.Timestamp("2026-01-02 12:00")]})
     assert project.get_historical_features(entities, ["user_scores:score"]).score.tolist() == [2.5]

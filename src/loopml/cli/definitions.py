@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import sys
 from pathlib import Path
@@ -22,6 +23,12 @@ def collect(directory: Path, kinds: tuple[type, ...], files: list[Path] | None =
     sys.path.insert(0, str(directory.resolve()))
     try:
         for path in paths:
+            shadowed = _module_elsewhere(path)
+            if shadowed is not None:
+                raise ValidationError(
+                    f"{path} has the name of the module '{path.stem}' ({shadowed}); importing it as "
+                    f"'{path.stem}' would replace that module in this process. Rename the file."
+                )
             try:
                 namespace = vars(_import_file(path))
             except Exception as exc:
@@ -49,3 +56,17 @@ def _import_file(path: Path) -> Any:
         del sys.modules[path.stem]
         raise
     return module
+
+
+def _module_elsewhere(path: Path) -> str | None:
+    """Where a module named like `path` lives outside its directory (built in, loaded or installed), if any."""
+    name, here = path.stem, path.resolve()
+    if name in sys.builtin_module_names:
+        return "built in"
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        origin = getattr(loaded, "__file__", None)
+        return None if origin is not None and Path(origin).resolve() == here else origin or "already loaded"
+    elsewhere = [entry for entry in sys.path if Path(entry or ".").resolve() != here.parent]
+    spec = importlib.machinery.PathFinder.find_spec(name, elsewhere)
+    return None if spec is None else spec.origin or "a namespace package"
