@@ -95,6 +95,15 @@ def test_missing_feature_values_are_reported_not_fatal(served) -> None:
     assert answer["feature_statuses"] == {"risk": "missing"}
 
 
+def test_an_entity_key_past_64_bits_is_answered_and_logged(served) -> None:
+    project, client = served
+    answer = predict(client, user=2**70)
+    assert answer["feature_statuses"] == {"risk": "missing"}
+    client.post("/v1/predictions/flush")
+    logged = read_predictions(project.offline, "toy", START, START + pd.Timedelta(days=365))
+    assert str(2**70) in logged.entities.tolist()[-1]
+
+
 @pytest.mark.parametrize(
     ("path", "body", "status", "message"),
     [

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from loopml.features import FeatureView, Field, ParquetSource
+from loopml.features import FeatureService, FeatureView, Field, ParquetSource
 from loopml.project import Project
 from loopml.serving.app import create_app
 from tests.helpers import START, USER, build_world, train_and_deploy
@@ -40,6 +40,23 @@ def test_online_read_returns_values_statuses_and_event_times(client: TestClient)
     assert 'loopml_feature_age_seconds_bucket{le="900.0",view="users"} 0.0' in metrics
     assert 'loopml_feature_age_seconds_bucket{le="3600.0",view="users"} 2.0' in metrics
     assert "loopml_feature_read_seconds_count 2.0" in metrics
+
+
+def test_a_feature_service_can_be_read_by_name(project: Project, client: TestClient) -> None:
+    project.apply([FeatureService("risk_service", ["users:risk"])])
+    body = {"entities": {"user_id": [1]}, "feature_service": "risk_service"}
+    deadline = time.monotonic() + 5
+    while (answer := client.post("/v1/features/online", json=body)).status_code == 404:
+        assert time.monotonic() < deadline, answer.text  # served after the next route refresh
+        time.sleep(0.05)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["features"]["risk"]["statuses"] == ["present"]
+    unknown = client.post("/v1/features/online", json={**body, "feature_service": "nope"})
+    assert unknown.status_code == 404 and "risk_service" in unknown.json()["error"]
+    both = client.post("/v1/features/online", json={**body, "features": ["users:risk"]})
+    assert both.status_code == 400 and "not both" in both.json()["error"]
+    neither = client.post("/v1/features/online", json={"entities": {"user_id": [1]}})
+    assert neither.status_code == 400 and "feature_service" in neither.json()["error"]
 
 
 def test_pushed_values_are_served_and_last_write_wins(client: TestClient) -> None:
@@ -104,7 +121,8 @@ def test_bad_online_reads_are_explained(client: TestClient) -> None:
 def test_the_online_route_documents_its_body(client: TestClient) -> None:
     body = client.get("/openapi.json").json()["paths"]["/v1/features/online"]["post"]["requestBody"]
     schema = body["content"]["application/json"]["schema"]
-    assert set(schema["required"]) == {"entities", "features"}
+    assert schema["required"] == ["entities"]
+    assert {"features", "feature_service", "request_data"} <= set(schema["properties"])
 
 
 def test_a_view_applied_while_serving_is_served_after_the_refresh(

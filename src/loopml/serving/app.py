@@ -16,7 +16,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,7 +26,7 @@ from pydantic import BaseModel, Field
 from loopml.errors import LoopmlError, NotFoundError, ValidationError
 from loopml.features.lookup_log import FEATURE_LOOKUPS, LOOKUP_SCHEMA, LoggedLookup, expand_lookup
 from loopml.features.online import PRESENT, read_online, with_transforms
-from loopml.serving.bodies import describe_errors
+from loopml.serving.bodies import describe_errors, json_bytes
 from loopml.serving.feature_routes import feature_routes
 from loopml.serving.prediction_log import LABEL_SCHEMA, LABELS, PREDICTION_SCHEMA, PREDICTIONS, BatchWriter
 from loopml.serving.router import LoadedModel, Router
@@ -209,8 +208,8 @@ def create_app(project: Project, *, freeze_startup_heap: bool = False) -> FastAP
                 "model_name": model.version.model_name,
                 "model_version": model.version.version,
                 "unit_id": body.unit_id,
-                "entities": orjson.dumps(body.entities).decode(),
-                "inputs": orjson.dumps(row).decode(),
+                "entities": json_bytes(body.entities).decode(),
+                "inputs": json_bytes(row).decode(),
                 "output": output,
                 "latency_seconds": latency,
             }

@@ -38,10 +38,13 @@ def openapi_body(model: type[pydantic.BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def json_response(payload: Any, status_code: int = 200) -> Response:
+def json_bytes(payload: Any) -> bytes:
     """`payload` as JSON; what orjson cannot write (an integer past 64 bits) goes through the json module."""
     try:
-        content = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
     except orjson.JSONEncodeError:
-        content = json.dumps(payload, default=str).encode()
-    return Response(content, status_code=status_code, media_type="application/json")
+        return json.dumps(payload, default=str).encode()
+
+
+def json_response(payload: Any, status_code: int = 200) -> Response:
+    return Response(json_bytes(payload), status_code=status_code, media_type="application/json")

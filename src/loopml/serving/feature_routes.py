@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Histogram
 from pydantic import BaseModel, Field
 
+from loopml.errors import ValidationError
 from loopml.features.definitions import feature_column
 from loopml.features.lookup_log import FEATURE_LOOKUPS, FEATURE_SERVER, LoggedLookup
 from loopml.features.online import push as push_rows
@@ -33,7 +34,10 @@ AGE_BUCKETS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 86_400, 7 * 86_400)
 
 class OnlineRequest(BaseModel):
     entities: dict[str, list[int | str]] = Field(description="Join key columns, e.g. {'user_id': [1, 2]}.")
-    features: list[str] = Field(min_length=1, description="'view:feature' references.")
+    features: list[str] | None = Field(
+        default=None, min_length=1, description="'view:feature' references (or name a feature_service)."
+    )
+    feature_service: str | None = Field(default=None, description="A feature service to read instead.")
     full_feature_names: bool = False
     request_data: dict[str, list[Any]] = Field(
         default_factory=dict,
@@ -77,7 +81,7 @@ def feature_routes(
         """Current values of features for a list of entities, each with its status and event time."""
         started = time.perf_counter()
         body = parse_body(OnlineRequest, await request.body())
-        plan = router.feature_plan(body.features)
+        plan = router.feature_plan(_features(body, router))
         now = project.clock.now()
         raw = await read_online_async(
             project.online, plan.views, body.entities, now=now, full_feature_names=body.full_feature_names
@@ -116,3 +120,14 @@ def feature_routes(
         return {"written": push_rows(project.online, view, body.rows, now=project.clock.now())}
 
     return api
+
+
+def _features(body: OnlineRequest, router: Router) -> list[str]:
+    """The references a read asks for: its own list, or its feature service's."""
+    if (body.features is None) == (body.feature_service is None):
+        raise ValidationError(
+            "Send either 'features' (a list of 'view:feature') or 'feature_service', not both."
+        )
+    if body.feature_service is not None:
+        return list(router.feature_service(body.feature_service).features)
+    return body.features or []

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loopml.errors import NotFoundError
-from loopml.features.definitions import FeatureView, group_feature_refs
+from loopml.features.definitions import FeatureService, FeatureView, group_feature_refs
 from loopml.features.on_demand import FeaturePlan, OnDemandFeatureView, plan_features
 from loopml.features.registry import get_view, list_definitions, list_feature_views
 from loopml.registry.models import ModelRegistry, ModelVersion
@@ -48,6 +48,7 @@ class Router:
         self.search_path = search_path  # where on-demand views' code is imported from
         self.routes: dict[str, LoadedModel] = {}
         self.feature_views: dict[str, FeatureView | OnDemandFeatureView] = {}
+        self.feature_services: dict[str, FeatureService] = {}
         self._plans: dict[tuple[str, ...], FeaturePlan] = {}  # of these feature views
         self.seen_counter = -1
         self._estimators: dict[tuple[str, int], tuple[ModelVersion, Any]] = {}
@@ -77,6 +78,10 @@ class Router:
             self.routes = routes
             self.feature_views = {view.name: view for view in list_feature_views(self.metadata)}
             self.feature_views.update(self._on_demand_views())
+            self.feature_services = {
+                d.name: FeatureService.from_spec(d.spec)
+                for d in list_definitions(self.metadata, "feature_service")
+            }
             self._plans = {}
             self.seen_counter = counter
             keep = {(m.version.model_name, m.version.version) for m in [*routes.values(), *previous.values()]}
@@ -100,6 +105,16 @@ class Router:
                 f"No feature view named '{name}' is served; applied views: {sorted(self.feature_views) or 'none'}."
             )
         return view
+
+    def feature_service(self, name: str) -> FeatureService:
+        """An applied feature service, as of the last refresh."""
+        service = self.feature_services.get(name)
+        if service is None:
+            raise NotFoundError(
+                f"No feature service named '{name}' is served; applied services: "
+                f"{sorted(self.feature_services) or 'none'}."
+            )
+        return service
 
     def feature_plan(self, refs: Sequence[str]) -> FeaturePlan:
         """How to read `refs` from the current feature views, cached until they change."""
