@@ -92,6 +92,12 @@ def test_a_project_file_named_like_an_installed_module_is_refused(tmp_path: Path
     assert result.exit_code == 1
     assert "has the name of the module 'json'" in str(result.exception)
     assert sys.modules["json"].__file__ != str(tmp_path / "json.py")
+    other = tmp_path / "other"
+    runner.invoke(app, ["init", str(other)])
+    (other / "features.py").write_text(DEFINITIONS.format(days=1))
+    (tmp_path / "json.py").rename(tmp_path / "features.py")
+    for project in (tmp_path, other):  # the same file name in two projects of one process is not shadowing
+        assert runner.invoke(app, ["apply", "-p", str(project)]).exit_code == 0
 
 
 def test_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ from typing import Any
 
 from loopml.errors import ValidationError
 
+PROJECT_FILE_MARK = "__loopml_project_file__"
+
 
 def collect(directory: Path, kinds: tuple[type, ...], files: list[Path] | None = None) -> list[Any]:
     """Every instance of `kinds` defined at module level in the project's .py files (or the given files),
@@ -49,6 +51,7 @@ def _import_file(path: Path) -> Any:
     if spec is None or spec.loader is None:
         raise ValidationError(f"{path} cannot be imported as a Python module.")
     module = importlib.util.module_from_spec(spec)
+    setattr(module, PROJECT_FILE_MARK, True)
     sys.modules[path.stem] = module
     try:
         spec.loader.exec_module(module)
@@ -65,8 +68,11 @@ def _module_elsewhere(path: Path) -> str | None:
         return "built in"
     loaded = sys.modules.get(name)
     if loaded is not None:
-        origin = getattr(loaded, "__file__", None)
-        return None if origin is not None and Path(origin).resolve() == here else origin or "already loaded"
+        if getattr(
+            loaded, PROJECT_FILE_MARK, False
+        ):  # a project file loaded before (maybe another project's)
+            return None
+        return getattr(loaded, "__file__", None) or "already loaded"
     elsewhere = [entry for entry in sys.path if Path(entry or ".").resolve() != here.parent]
     spec = importlib.machinery.PathFinder.find_spec(name, elsewhere)
     return None if spec is None else spec.origin or "a namespace package"
