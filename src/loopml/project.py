@@ -13,6 +13,7 @@ import pandas as pd
 
 from loopml.clock import Clock, SystemClock, as_utc
 from loopml.config import load_config
+from loopml.errors import ValidationError
 from loopml.features import historical, online
 from loopml.features import registry as feature_registry
 from loopml.features.definitions import (
@@ -98,17 +99,38 @@ class Project:
 
     def get_historical_features(
         self,
-        entity_df: pd.DataFrame,
+        entity_df: pd.DataFrame | None,
         features: Sequence[str] | FeatureService,
         *,
+        start: datetime | None = None,
+        end: datetime | None = None,
         timestamp_field: str = "event_timestamp",
         full_feature_names: bool = False,
     ) -> pd.DataFrame:
         """Point-in-time correct features for each row of `entity_df` (a list of 'view:feature' or a service).
 
+        Without an entity_df (None), the entity rows are every (join keys, event time) the requested views'
+        sources hold with start <= event time <= end, and each gets the features as known at that time.
         On-demand features are computed from the retrieved ones and from `entity_df`'s request columns.
         """
         plan = self._plan(features)
+        if entity_df is None:
+            if start is None or end is None:
+                raise ValidationError(
+                    "Without an entity_df, pass start= and end= (the event-time range to read)."
+                )
+            entity_df = historical.entity_rows_in_range(
+                plan.views,
+                start=as_utc(start),
+                end=as_utc(end),
+                base_dir=self.path,
+                timestamp_field=timestamp_field,
+                connect=self.offline.connect,
+            )
+        elif start is not None or end is not None:
+            raise ValidationError(
+                "start= and end= select entity rows for an entity-less retrieval; with an entity_df, leave them out."
+            )
         frame = historical.get_historical_features(
             entity_df,
             plan.views,

@@ -102,6 +102,47 @@ def test_each_view_applies_its_own_ttl_in_one_retrieval(project: Project, user_v
     assert result.tier.fillna(-1).tolist() == [3.0, 3.0, 3.0, -1]
 
 
+def test_entity_less_retrieval_reads_every_key_and_time_in_the_range(project: Project, user_view) -> None:
+    result = project.get_historical_features(
+        None, ["user_scores:score", "user_scores:label"], start=ts("2026-01-01"), end=ts("2026-01-02 23:00")
+    )
+    assert list(zip(result.user_id, result.event_timestamp, strict=True)) == [
+        (1, ts("2026-01-01 00:00")),
+        (2, ts("2026-01-01 12:00")),
+        (1, ts("2026-01-02 00:00")),  # two rows share this time: one entity row
+    ]
+    # As known at each row's own time: the 06:00 correction of Jan 2 was not written yet.
+    assert result.score.tolist() == [1.0, 10.0, 2.0]
+    assert result.label.tolist() == ["a", "z", "b"]
+
+
+def test_entity_less_retrieval_explains_what_it_needs(project: Project, user_view) -> None:
+    with pytest.raises(ValidationError, match="pass start= and end="):
+        project.get_historical_features(None, ["user_scores:score"])
+    with pytest.raises(ValidationError, match="leave them out"):
+        project.get_historical_features(
+            entity_rows((1, "2026-01-01")), ["user_scores:score"], start=ts("2026-01-01")
+        )
+    with pytest.raises(ValidationError, match="range is empty"):
+        project.get_historical_features(
+            None, ["user_scores:score"], start=ts("2026-01-02"), end=ts("2026-01-01")
+        )
+    merchant = Entity("merchant", join_keys=["merchant_id"])
+    rows = pd.DataFrame({"merchant_id": [7], "ts": [ts("2026-01-01")], "score": [0.5]})
+    view = FeatureView(
+        "merchant_scores", [merchant], ParquetSource(write_source(project, "m", rows), "ts"), [Field("score")]
+    )
+    project.apply([merchant, view])
+    with pytest.raises(ValidationError, match="one set of join keys"):
+        project.get_historical_features(
+            None,
+            ["user_scores:score", "merchant_scores:score"],
+            start=ts("2026-01-01"),
+            end=ts("2026-01-02"),
+            full_feature_names=True,
+        )
+
+
 def test_naive_timestamps_are_read_as_utc(project: Project, user_view) -> None:
     entities = pd.DataFrame({"user_id": [1], "event_timestamp": [pd.Timestamp("2026-01-02 12:00")]})
     assert project.get_historical_features(entities, ["user_scores:score"]).score.tolist() == [2.5]

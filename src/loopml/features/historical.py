@@ -10,7 +10,7 @@ window functions and an ASOF join in DuckDB, reading only the rows of keys prese
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -69,6 +69,45 @@ def get_historical_features(
     result = result.drop(columns=[ROW_ID])
     result[timestamp_field] = _as_utc_series(result[timestamp_field], timestamp_field)
     return result
+
+
+def entity_rows_in_range(
+    requests: Sequence[tuple[FeatureView, Sequence[str]]],
+    *,
+    start: datetime,
+    end: datetime,
+    base_dir: Path,
+    timestamp_field: str = "event_timestamp",
+    connect: Callable[[], duckdb.DuckDBPyConnection] = duckdb_connection,
+) -> pd.DataFrame:
+    """The entity rows of an entity-less retrieval: every distinct (join keys, event time) with
+    start <= event time <= end in the requested views' sources, ordered by time then keys."""
+    if not requests:
+        raise ValidationError("No features requested; pass features=['view:feature', ...].")
+    if start > end:
+        raise ValidationError(
+            f"The time range is empty: start {start.isoformat()} is after end {end.isoformat()}."
+        )
+    keys = requests[0][0].join_keys
+    other = next((view for view, _ in requests if view.join_keys != keys), None)
+    if other is not None:
+        raise ValidationError(
+            f"Entity-less retrieval needs one set of join keys; '{requests[0][0].name}' has {list(keys)} and "
+            f"'{other.name}' has {list(other.join_keys)}. Pass an entity_df instead."
+        )
+    key_list = ", ".join(quote(k) for k in keys)
+    selects = " UNION ".join(
+        f"SELECT DISTINCT {key_list}, {quote(view.source.timestamp_field)}::TIMESTAMPTZ AS {quote(timestamp_field)} "
+        f"FROM {source_sql(view, base_dir)} WHERE {quote(view.source.timestamp_field)}::TIMESTAMPTZ BETWEEN ? AND ?"
+        for view, _ in requests
+    )
+    with connect() as conn:
+        rows = conn.execute(
+            f"SELECT * FROM ({selects}) ORDER BY {quote(timestamp_field)}, {key_list}",
+            [moment for _ in requests for moment in (start, end)],
+        ).df()
+    rows[timestamp_field] = _as_utc_series(rows[timestamp_field], timestamp_field)
+    return rows
 
 
 def _view_ctes(
