@@ -62,6 +62,28 @@ def test_serving_runs_the_same_function(project: Project, user_view, clock) -> N
         project.get_online_features({"user_id": [1]}, ["score_ratio:score_per_amount"])
 
 
+def test_the_feature_server_answers_an_on_demand_feature_alone(project: Project, user_view, clock) -> None:
+    from fastapi.testclient import TestClient
+
+    from loopml.serving.app import create_app
+
+    project.apply([score_ratio])
+    project.materialize(end=ts("2026-01-02 12:00"))
+    clock.set(ts("2026-01-02 12:00"))
+    body = {
+        "entities": {"user_id": [1]},
+        "features": ["score_ratio:score_per_amount"],  # its source, user_scores:score, is read but not asked
+        "request_data": {"amount": [5.0]},
+    }
+    with TestClient(create_app(project)) as client:
+        answer = client.post("/v1/features/online", json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["features"] == {
+            "score_per_amount": {"values": [0.5], "statuses": [PRESENT], "event_timestamps": [None]}
+        }
+        assert 'loopml_feature_age_seconds_count{view="user_scores"} 1.0' in client.get("/metrics").text
+
+
 def test_definitions_and_code_changes_are_checked(project: Project, user_view) -> None:
     with pytest.raises(ValidationError, match="reads view 'ghost'"):
         project.apply([OnDemandFeatureView("bad", ("ghost:x",), (Field("y"),), score_ratio.function)])

@@ -89,9 +89,9 @@ def feature_routes(
         found = with_transforms(plan, raw, body.request_data, full_feature_names=body.full_feature_names)
         metrics.read_seconds.observe(time.perf_counter() - started)
         now_ts = now.timestamp()
-        for view, names in plan.views:  # the features of a view share its rows' event times
+        for view, names in plan.views:  # a view's features share its rows' event times (`raw` has them all)
             ages = metrics.age_seconds.labels(view.name)
-            for event_ts in found.event_timestamps[
+            for event_ts in raw.event_timestamps[
                 feature_column(view.name, names[0], body.full_feature_names)
             ]:
                 if event_ts is not None:
