@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import math
 import platform
+import random
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,14 +15,16 @@ from typing import Any
 import joblib
 import sklearn
 from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
-from loopml.errors import NotFoundError, ValidationError
+from loopml.errors import NotFoundError, StoreUnavailableError, ValidationError
 from loopml.registry.tables import model_aliases, model_versions, registered_models
 from loopml.storage.artifacts import ArtifactStore
 from loopml.storage.metadata import MetadataStore
 from loopml.training.pipeline import TrainedModel, TrainingSpec
 
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,99}$")
+REGISTER_ATTEMPTS = 20  # concurrent registrations of one model retry for the next version number
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,20 @@ class ModelRegistry:
         buffer = io.BytesIO()
         joblib.dump(trained.estimator, buffer)
         digest = self.artifacts.put(buffer.getvalue())
+        for attempt in range(1, REGISTER_ATTEMPTS + 1):
+            try:
+                row = self._insert_version(trained, digest, actor, reason)
+                break
+            except (IntegrityError, StoreUnavailableError) as exc:
+                # Another registration of this model took the next number (or, on SQLite, the write lock)
+                # between our read and our write; the transaction rolled back, so take the next free number.
+                if attempt == REGISTER_ATTEMPTS or not _is_conflict(exc):
+                    raise
+                time.sleep(random.uniform(0, 0.05 * attempt))
+        return ModelVersion(**row)
+
+    def _insert_version(self, trained: TrainedModel, digest: str, actor: str, reason: str) -> dict[str, Any]:
+        """One transaction: the model row if new, the next version number, the version and its event."""
         name = trained.spec.model_name
         now = self.metadata.clock.now()
         with self.metadata.begin() as conn:
@@ -107,7 +125,7 @@ class ModelRegistry:
                 reason=reason or f"registered version {version} of '{name}' from run {trained.run_id}",
                 data={"run_id": trained.run_id, "dataset_id": trained.snapshot.id, "metrics": row["metrics"]},
             )
-        return ModelVersion(**row)
+        return row
 
     def get_version(self, name: str, version: int) -> ModelVersion:
         with self.metadata.begin() as conn:
@@ -265,3 +283,10 @@ def _alias_version(conn: Connection, name: str, alias: str) -> int | None:
             model_aliases.c.model_name == name, model_aliases.c.alias == alias
         )
     ).scalar()
+
+
+def _is_conflict(exc: Exception) -> bool:
+    """A lost race for a version number or for SQLite's write lock, which a new transaction resolves."""
+    if isinstance(exc, IntegrityError):
+        return True
+    return "locked" in str(exc)
