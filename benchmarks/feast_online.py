@@ -14,7 +14,6 @@ import argparse
 import http.client
 import importlib.util
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -68,23 +67,6 @@ def definitions(data_dir: Path) -> list[Entity | FeatureView]:
     return [user, *views]
 
 
-def measure(
-    backend: str, mode: str, make_call: Any, args: argparse.Namespace, workers: int
-) -> dict[str, Any]:
-    """Warm up, then one open-loop run at the target rate (as on loopml's side)."""
-    common = {"rate": args.rate, "users": args.users, "workers": workers}
-    openloop.run(make_call, duration=args.warmup, seed=1, **common)
-    result = openloop.run(make_call, duration=args.duration, seed=2, **common)
-    assert result["errors"] == 0, (
-        f"Feast {backend} {mode}: {result['errors']} errors, {result['first_error']}"
-    )
-    print(
-        f"  Feast {backend} {mode}: p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms",
-        flush=True,
-    )
-    return {"system": "Feast", "backend": backend, "mode": mode, **result}
-
-
 def in_process_values(store: FeatureStore, user: int) -> dict[str, Any]:
     found = store.get_online_features(features=feature_refs(), entity_rows=[{"user_id": user}]).to_dict()
     return {name: values[0] for name, values in found.items() if name != "user_id"}
@@ -100,15 +82,9 @@ def http_values(client: openloop.JSONPoster, user: int) -> dict[str, Any]:
     return {name: value for name, value in found.items() if name != "user_id"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(repo: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """`feast serve` with one worker (like `loopml serve`), no access log and no worker recycling."""
-    port = free_port()
+    port = openloop.free_port()
     command = [
         str(Path(sys.executable).with_name("feast")),
         *("-c", str(repo), "serve", "-h", "127.0.0.1", "-p", str(port)),
@@ -173,7 +149,7 @@ def run_backend(args: argparse.Namespace, backend: str) -> tuple[list[dict[str, 
         def call(user: int) -> object:
             return store.get_online_features(features=refs, entity_rows=[{"user_id": user}]).to_dict()
 
-        rows = [measure(backend, "in-process", lambda: call, args, workers=1)]
+        rows = [openloop.measure("Feast", backend, "in-process", lambda: call, args, workers=1)]
         process, url = start_server(repo, args.work_dir / f"serve-{backend}.log")
         try:
             client = openloop.JSONPoster(url, "/get-online-features")
@@ -189,7 +165,7 @@ def run_backend(args: argparse.Namespace, backend: str) -> tuple[list[dict[str, 
                     lambda user: {"features": refs, "entities": {"user_id": [user]}},
                 )
 
-            rows.append(measure(backend, "http", connection, args, workers=args.in_flight))
+            rows.append(openloop.measure("Feast", backend, "http", connection, args, workers=args.in_flight))
         finally:
             stop_server(process)
     finally:

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -133,7 +132,7 @@ def measure_in_process(
     def call(user: int) -> object:
         return project.get_online_features({"user_id": [user]}, refs)
 
-    return measure("loopml", backend, "in-process", lambda: call, args, workers=1)
+    return openloop.measure("loopml", backend, "in-process", lambda: call, args, workers=1)
 
 
 def measure_http(
@@ -154,14 +153,14 @@ def measure_http(
             url, "/v1/features/online", lambda user: {"entities": {"user_id": [user]}, "features": refs}
         )
 
-    return measure(system, backend, "http", connection, args, workers=args.in_flight), answer
+    return openloop.measure(system, backend, "http", connection, args, workers=args.in_flight), answer
 
 
 def measure_floor(args: argparse.Namespace, answer: bytes, directory: Path) -> dict[str, Any]:
     """benchmarks/http_floor.py as a child process, answering with `answer` under the same load."""
     path = directory / "answer.json"
     path.write_bytes(answer)
-    port = free_port()
+    port = openloop.free_port()
     script = Path(__file__).with_name("http_floor.py")
     process = subprocess.Popen([sys.executable, str(script), str(port), str(path)])
     try:
@@ -171,12 +170,6 @@ def measure_floor(args: argparse.Namespace, answer: bytes, directory: Path) -> d
     finally:
         process.terminate()
         process.wait(30)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
@@ -191,23 +184,6 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout: float 
             pass
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer within {timeout} s.")
-
-
-def measure(
-    system: str, backend: str, mode: str, make_call: Any, args: argparse.Namespace, workers: int
-) -> dict[str, Any]:
-    """Warm up, then one open-loop run at the target rate."""
-    common = {"rate": args.rate, "users": args.users, "workers": workers}
-    openloop.run(make_call, duration=args.warmup, seed=1, **common)
-    result = openloop.run(make_call, duration=args.duration, seed=2, **common)
-    assert result["errors"] == 0, (
-        f"{system} {backend} {mode}: {result['errors']} errors, {result['first_error']}"
-    )
-    print(
-        f"  {system} {backend} {mode}: p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms",
-        flush=True,
-    )
-    return {"system": system, "backend": backend, "mode": mode, **result}
 
 
 def run_loopml(

@@ -165,3 +165,27 @@ def poster_call(url: str, path: str, body_for: Callable[[int], dict[str, Any]]) 
         return poster.send(request)
 
     return call
+
+
+def measure(
+    system: str, backend: str, mode: str, make_call: Callable[[], Call], args: Any, workers: int
+) -> dict[str, Any]:
+    """Warm up for `args.warmup` s, then one open-loop run of `args.duration` s at `args.rate`; the row."""
+    common = {"rate": args.rate, "users": args.users, "workers": workers}
+    run(make_call, duration=args.warmup, seed=1, **common)
+    result = run(make_call, duration=args.duration, seed=2, **common)
+    assert result["errors"] == 0, (
+        f"{system} {backend} {mode}: {result['errors']} errors, {result['first_error']}"
+    )
+    print(
+        f"  {system} {backend} {mode}: p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms",
+        flush=True,
+    )
+    return {"system": system, "backend": backend, "mode": mode, **result}
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

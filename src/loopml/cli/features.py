@@ -77,7 +77,6 @@ def runs(
         )
         return
     for run in found:
-        took = (run.finished_at - run.started_at).total_seconds() if run.finished_at else None
         table.add_row(
             str(run.id),
             f"{run.view} v{run.view_version}",
@@ -87,7 +86,7 @@ def runs(
             f"{run.rows:,}",
             run.status,
             f"{run.started_at:%Y-%m-%d %H:%M}",
-            "-" if took is None else f"{took:.1f}",
+            "-" if run.seconds is None else f"{run.seconds:.1f}",
             run.error or "",
             style={FAILED: "red", RUNNING: "yellow"}.get(run.status),
         )

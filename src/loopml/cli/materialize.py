@@ -87,14 +87,13 @@ def _print_summary(runs: list[MaterializationRun], written: dict[str, int]) -> N
     if runs:
         table = Table("view", "from", "to", "rows", "status", "seconds")
         for run in runs:
-            took = (run.finished_at - run.started_at).total_seconds() if run.finished_at else 0.0
             table.add_row(
                 f"{run.view} v{run.view_version}",
                 f"{run.start:%Y-%m-%d %H:%M:%S}",
                 f"{run.end:%Y-%m-%d %H:%M:%S}",
                 f"{run.rows:,}",
                 run.status,
-                f"{took:.1f}",
+                f"{run.seconds or 0.0:.1f}",
                 style="red" if run.status == FAILED else None,
             )
         console.print(table)

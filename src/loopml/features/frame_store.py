@@ -7,15 +7,13 @@ the offline store is inside it), the file's sha256 and its row count.
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
 from loopml.features.definitions import FeatureView
 from loopml.features.registry import Definition
-from loopml.features.sources import DataFrameSource
+from loopml.features.sources import DataFrameSource, file_sha256
 from loopml.storage.offline import OfflineStore
 
 
@@ -41,12 +39,10 @@ def store_frames(
 
 
 def _store(source: DataFrameSource, offline: OfflineStore, project_dir: Path, write: bool) -> DataFrameSource:
-    path = offline.dataset_dir(f"feature_sources/{source.sha256}.parquet")
+    relative = f"feature_sources/{source.sha256}.parquet"
+    path = offline.dataset_dir(relative)
     if write and not _holds(path, source.sha256):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        temporary.write_bytes(source.data)
-        temporary.replace(path)
+        offline.write_file(relative, source.data)
     try:
         recorded = path.resolve().relative_to(project_dir.resolve()).as_posix()
     except ValueError:  # the offline store lives outside the project
@@ -63,7 +59,4 @@ def _store(source: DataFrameSource, offline: OfflineStore, project_dir: Path, wr
 
 def _holds(path: Path, sha256: str) -> bool:
     """Whether `path` already holds the file (content-addressed: the same name means the same bytes)."""
-    if not path.exists():
-        return False
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest() == sha256
+    return path.exists() and file_sha256(path) == sha256

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,11 +32,17 @@ class MaterializationRun:
     started_at: datetime
     finished_at: datetime | None
 
+    @property
+    def seconds(self) -> float | None:
+        """How long the run took; None while it runs."""
+        return None if self.finished_at is None else (self.finished_at - self.started_at).total_seconds()
+
 
 def start_run(
     metadata: MetadataStore, view: str, version: int, start: datetime, end: datetime, *, incremental: bool
 ) -> MaterializationRun:
     """Record a run as `running` before anything is written, so a crash leaves a trace and no watermark."""
+    started_at = metadata.clock.now()
     with metadata.begin() as conn:
         run_id = conn.execute(
             insert(runs_table).values(
@@ -47,38 +53,41 @@ def start_run(
                 range_end=end,
                 rows_written=0,
                 status=RUNNING,
-                started_at=metadata.clock.now(),
+                started_at=started_at,
             )
         ).inserted_primary_key[0]
-    return get_run(metadata, run_id)
+    return MaterializationRun(
+        run_id, view, version, incremental, start, end, 0, RUNNING, None, started_at, None
+    )
 
 
 def finish_run(
     metadata: MetadataStore, run: MaterializationRun, rows: int, error: str | None = None
 ) -> MaterializationRun:
     """Mark a run succeeded (or failed, with its error) and append the matching event."""
-    status = FAILED if error is not None else SUCCEEDED
+    finished = replace(
+        run,
+        rows=rows,
+        status=FAILED if error is not None else SUCCEEDED,
+        error=error,
+        finished_at=metadata.clock.now(),
+    )
     with metadata.begin() as conn:
         conn.execute(
             update(runs_table)
             .where(runs_table.c.id == run.id)
-            .values(rows_written=rows, status=status, error=error, finished_at=metadata.clock.now())
+            .values(rows_written=rows, status=finished.status, error=error, finished_at=finished.finished_at)
         )
         metadata.record_event(
             conn,
-            kind=f"materialization.{status}",
+            kind=f"materialization.{finished.status}",
             subject=f"materialization:{run.view}",
             reason=error
             or f"wrote {rows} rows of '{run.view}' v{run.view_version} from {run.start:%Y-%m-%d %H:%M:%S} "
             f"to {run.end:%Y-%m-%d %H:%M:%S}",
             data={"run_id": run.id, "version": run.view_version, "rows": rows},
         )
-    return get_run(metadata, run.id)
-
-
-def get_run(metadata: MetadataStore, run_id: int) -> MaterializationRun:
-    with metadata.begin() as conn:
-        return _run(conn.execute(select(runs_table).where(runs_table.c.id == run_id)).one())
+    return finished
 
 
 def list_runs(metadata: MetadataStore, view: str | None = None, last: int = 50) -> list[MaterializationRun]:

@@ -12,7 +12,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import orjson
 import pandas as pd
@@ -23,10 +24,26 @@ from loopml.features import registry as feature_registry
 from loopml.features.definitions import FeatureService, FeatureView, group_feature_refs
 from loopml.features.historical import source_sql
 from loopml.features.lookup_log import count_lookups, read_lookups
-from loopml.storage.offline import quote
+from loopml.storage.metadata import MetadataStore
+from loopml.storage.offline import OfflineStore, quote
 
-if TYPE_CHECKING:
-    from loopml.project import Project
+
+class ProjectStores(Protocol):
+    """What the skew check needs of a project: its stores, its directory and point-in-time retrieval."""
+
+    path: Path
+    metadata: MetadataStore
+    offline: OfflineStore
+
+    def get_historical_features(
+        self,
+        entity_df: pd.DataFrame | None,
+        features: Sequence[str] | FeatureService,
+        *,
+        timestamp_field: str = ...,
+        full_feature_names: bool = ...,
+    ) -> pd.DataFrame: ...
+
 
 RELATIVE_TOLERANCE = 1e-9  # numbers equal within this; floats round-trip through JSON
 EVENT_TIME_TOLERANCE_SECONDS = 1e-3
@@ -101,7 +118,7 @@ class SkewReport:
 
 
 def skew_report(
-    project: Project,
+    project: ProjectStores,
     start: datetime,
     end: datetime,
     features: Sequence[str] | FeatureService | None = None,
@@ -143,7 +160,7 @@ def values_match(online: Any, offline: Any) -> bool:
     return bool(online == offline)
 
 
-def _check_features(project: Project, features: Sequence[str] | FeatureService) -> None:
+def _check_features(project: ProjectStores, features: Sequence[str] | FeatureService) -> None:
     """Fail early, with the view's own message, on a requested feature that is not defined."""
     refs = features.features if isinstance(features, FeatureService) else features
     for view_name, names in group_feature_refs(refs).items():
@@ -192,7 +209,7 @@ class _Lookups:
 
 
 def _compare_view(
-    project: Project,
+    project: ProjectStores,
     view_name: str,
     names: list[str],
     records: pd.DataFrame,
@@ -258,7 +275,7 @@ def _compare_view(
             )
 
 
-def _view(project: Project, name: str) -> FeatureView:
+def _view(project: ProjectStores, name: str) -> FeatureView:
     try:
         return feature_registry.get_feature_view(project.metadata, name)
     except LoopmlError as exc:
@@ -287,7 +304,7 @@ def _plain(column: pd.Series) -> list[Any]:
 
 
 def _offline_event_times(
-    project: Project, view: FeatureView, entity_df: pd.DataFrame, rows: list[int]
+    project: ProjectStores, view: FeatureView, entity_df: pd.DataFrame, rows: list[int]
 ) -> dict[int, datetime]:
     """The event time of the offline answer for some entity rows: the newest row known at lookup time.
 

@@ -257,8 +257,7 @@ def verify_stored_file(path: Path, sha256: str) -> None:
     key, seen = (str(path), sha256), (stat.st_size, stat.st_mtime_ns)
     if _verified.get(key) == seen:
         return
-    with path.open("rb") as handle:
-        actual = hashlib.file_digest(handle, "sha256").hexdigest()
+    actual = file_sha256(path)
     if actual != sha256:
         raise ArtifactCorruptedError(
             f"The DataFrame file {path} hashes to {actual}, not the recorded {sha256}: it was modified after "
@@ -266,6 +265,11 @@ def verify_stored_file(path: Path, sha256: str) -> None:
             "restore it."
         )
     _verified[key] = seen
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _check_columns(view: str, source: Source, bare: str, columns: list[str]) -> None:

@@ -67,8 +67,14 @@ class ModelRegistry:
             except (IntegrityError, StoreUnavailableError) as exc:
                 # Another registration of this model took the next number (or, on SQLite, the write lock)
                 # between our read and our write; the transaction rolled back, so take the next free number.
-                if attempt == REGISTER_ATTEMPTS or not _is_conflict(exc):
+                if not _is_conflict(exc):
                     raise
+                if attempt == REGISTER_ATTEMPTS:
+                    raise StoreUnavailableError(
+                        f"Registering a version of '{trained.spec.model_name}' lost the race for the next version "
+                        f"number {REGISTER_ATTEMPTS} times to other registrations of it; register again once "
+                        "they have finished."
+                    ) from exc
                 time.sleep(random.uniform(0, 0.05 * attempt))
         return ModelVersion(**row)
 

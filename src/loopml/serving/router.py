@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from loopml.errors import NotFoundError
 from loopml.features.definitions import FeatureService, FeatureView, group_feature_refs
@@ -24,6 +24,7 @@ from loopml.storage.metadata import MetadataStore
 
 logger = logging.getLogger(__name__)
 
+Served = TypeVar("Served")
 MAX_CACHED_PLANS = 1024  # distinct feature lists asked for; past that the cache starts over
 
 
@@ -90,31 +91,15 @@ class Router:
 
     def model(self, endpoint: str) -> LoadedModel:
         """The model an endpoint serves now."""
-        model = self.routes.get(endpoint)
-        if model is None:
-            raise NotFoundError(
-                f"No endpoint named '{endpoint}' is being served; deployed: {sorted(self.routes) or 'none'}."
-            )
-        return model
+        return _served(self.routes, endpoint, "endpoint", "deployed")
 
     def feature_view(self, name: str) -> FeatureView | OnDemandFeatureView:
         """An applied feature view or on-demand view, as of the last refresh."""
-        view = self.feature_views.get(name)
-        if view is None:
-            raise NotFoundError(
-                f"No feature view named '{name}' is served; applied views: {sorted(self.feature_views) or 'none'}."
-            )
-        return view
+        return _served(self.feature_views, name, "feature view", "applied views")
 
     def feature_service(self, name: str) -> FeatureService:
         """An applied feature service, as of the last refresh."""
-        service = self.feature_services.get(name)
-        if service is None:
-            raise NotFoundError(
-                f"No feature service named '{name}' is served; applied services: "
-                f"{sorted(self.feature_services) or 'none'}."
-            )
-        return service
+        return _served(self.feature_services, name, "feature service", "applied services")
 
     def feature_plan(self, refs: Sequence[str]) -> FeaturePlan:
         """How to read `refs` from the current feature views, cached until they change."""
@@ -164,3 +149,10 @@ class Router:
             except Exception:
                 logger.exception("On-demand view %s cannot be served", stored.name)
         return views
+
+
+def _served(table: Mapping[str, Served], name: str, what: str, listed: str) -> Served:
+    found = table.get(name)
+    if found is None:
+        raise NotFoundError(f"No {what} named '{name}' is served; {listed}: {sorted(table) or 'none'}.")
+    return found

@@ -57,13 +57,17 @@ class OfflineStore:
         temporary.replace(final)
         return final
 
-    def write_file(self, relative_path: str, data: pd.DataFrame | pa.Table) -> Path:
-        """Write one whole Parquet file at a fixed path (snapshots), atomically."""
-        table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+    def write_file(self, relative_path: str, data: pd.DataFrame | pa.Table | bytes) -> Path:
+        """Write one whole Parquet file at a fixed path (snapshots, stored frames), atomically; `bytes` are
+        an encoded Parquet file written as they are."""
         final = self.dataset_dir(relative_path)
         final.parent.mkdir(parents=True, exist_ok=True)
         temporary = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
-        pq.write_table(table, temporary)
+        if isinstance(data, bytes):
+            temporary.write_bytes(data)
+        else:
+            table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+            pq.write_table(table, temporary)
         temporary.replace(final)
         return final
 
