@@ -3,8 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 FEAST := .bench/feast
+MLFLOW := .bench/mlflow
 
-.PHONY: demo demo-quick test lint format clean bench-features
+.PHONY: demo demo-quick test lint format clean bench-features bench-registry
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +25,7 @@ demo: $(VENV)/.installed
 demo-quick: $(VENV)/.installed
 	$(BIN)/loopml demo --quick
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev $(MLFLOW)/.installed
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest
 
@@ -42,6 +43,18 @@ $(FEAST)/.installed: benchmarks/requirements-feast.txt
 	$(FEAST)/bin/python -m pip install --quiet --upgrade pip
 	$(FEAST)/bin/python -m pip install --quiet -r benchmarks/requirements-feast.txt
 	touch $@
+
+# MLflow in its own venv, for the registry benchmark and the MLflow interoperability tests: the same
+# scikit-learn, LightGBM and XGBoost versions as loopml's venv, so pickles move between the two.
+$(MLFLOW)/.installed: benchmarks/requirements-mlflow.txt $(VENV)/.installed-dev
+	$(PYTHON) -m venv $(MLFLOW)
+	$(MLFLOW)/bin/python -m pip install --quiet --upgrade pip
+	$(MLFLOW)/bin/python -m pip install --quiet -r benchmarks/requirements-mlflow.txt \
+		$$($(BIN)/python -c "from importlib.metadata import version as v; print(' '.join(f'{p}=={v(p)}' for p in ('scikit-learn', 'lightgbm', 'xgboost', 'numpy', 'pandas')))")
+	touch $@
+
+bench-registry: $(VENV)/.installed $(MLFLOW)/.installed
+	$(BIN)/python benchmarks/registry.py
 
 bench-features: $(VENV)/.installed $(FEAST)/.installed
 	$(BIN)/python benchmarks/features.py

@@ -14,6 +14,7 @@ def register_all_tables() -> MetaData:
     from loopml.loop import tables as _loop  # noqa: F401
     from loopml.registry import tables as _registry  # noqa: F401
     from loopml.serving import tables as _serving  # noqa: F401
+    from loopml.storage import artifact_refs as _artifact_refs  # noqa: F401
     from loopml.training import tables as _training  # noqa: F401
 
     return METADATA

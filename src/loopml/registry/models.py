@@ -37,9 +37,11 @@ class ModelVersion:
     flavor: str
     inputs: list[str]
     features: list[str]
+    feature_service: str | None
     code_version: dict[str, Any]
     library_versions: dict[str, str]
     metrics: dict[str, float]
+    model_file: dict[str, Any] | None
     gate: dict[str, Any] | None
     created_at: datetime
 
@@ -113,6 +115,8 @@ class ModelRegistry:
                 "flavor": "sklearn",
                 "inputs": trained.spec.inputs,
                 "features": list(trained.spec.features),
+                "feature_service": None,
+                "model_file": None,
                 "code_version": trained.code_version,
                 "library_versions": {
                     "python": platform.python_version(),

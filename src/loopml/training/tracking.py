@@ -133,5 +133,7 @@ class Tracker:
                     .order_by(run_metrics.c.step)
                 ).all()
             )
-        fields = {k: v for k, v in row._mapping.items() if k != "error"}
+        fields = {
+            k: v for k, v in row._mapping.items() if k not in {"error", "name", "parent_run_id", "environment"}
+        }
         return Run(**fields, params=params, metrics=metrics)
