@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from urllib.parse import quote
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,6 +76,19 @@ def metadata(
     store.migrate()
     yield store
     store.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_project(request: pytest.FixtureRequest, tmp_path: Path, clock: SimulatedClock) -> Iterator[Project]:
+    """A fresh project whose metadata store is SQLite, then real PostgreSQL (a schema of its own)."""
+    write_config(tmp_path, "test")
+    environ = dict(os.environ)
+    if request.param == "postgres":
+        url, connect_args = request.getfixturevalue("postgres_schema")
+        environ["LOOPML_METADATA__URL"] = f"{url}?options={quote(connect_args['options'])}"
+    project = Project(tmp_path, clock=clock, environ=environ)
+    yield project
+    project.close()
 
 
 REDIS_URL = os.environ.get("LOOPML_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

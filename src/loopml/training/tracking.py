@@ -58,13 +58,23 @@ class Tracker:
     def __init__(self, metadata: MetadataStore) -> None:
         self.metadata = metadata
 
-    def start_run(self, pipeline: str, params: dict[str, Any], code: dict[str, Any]) -> str:
+    def start_run(
+        self,
+        pipeline: str,
+        params: dict[str, Any],
+        code: dict[str, Any],
+        *,
+        name: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> str:
         run_id = str(uuid.uuid4())
         with self.metadata.begin() as conn:
             conn.execute(
                 insert(runs).values(
                     id=run_id,
                     pipeline=pipeline,
+                    name=name,
+                    parent_run_id=parent_run_id,
                     status="running",
                     code_version=code,
                     started_at=self.metadata.clock.now(),
