@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from urllib.parse import quote
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 

@@ -27,12 +27,14 @@ from loopml.features.on_demand import FeaturePlan, OnDemandFeatureView, plan_fea
 from loopml.features.registry import AppliedChange
 from loopml.registry.models import ModelRegistry
 from loopml.schema import register_all_tables
-from loopml.serving.endpoints import served_views
+from loopml.serving.endpoints import endpoint_users, served_views
 from loopml.storage.artifacts import ArtifactStore
 from loopml.storage.metadata import MetadataStore
 from loopml.storage.offline import OfflineStore
 from loopml.storage.online import open_online_store
 from loopml.training.pipeline import TrainedModel, TrainingSpec, train
+from loopml.training.runner import PipelineRun, run_pipeline
+from loopml.training.steps import Pipeline, config_params
 
 DEFINITIONS_POLL_SECONDS = 1.0  # how stale another process's apply may look to cached reads
 
@@ -63,6 +65,7 @@ class Project:
             key_prefix=self.config["online"].get("key_prefix") or f"loopml:{self.config['project']}:",
         )
         self.registry = ModelRegistry(self.metadata, self.artifacts)
+        self.registry.usage_checks.append(endpoint_users(self.metadata, self.registry))
         self._views: dict[str, FeatureView | OnDemandFeatureView] = {}
         self._plans: dict[tuple[str, ...], FeaturePlan] = {}
         self._views_seen = self._local_seen = -1
@@ -213,6 +216,31 @@ class Project:
             ),
             code_dir=self.path,
             view_versions=self._view_versions(spec.features),
+        )
+
+    def run_pipeline(
+        self,
+        pipeline: Pipeline,
+        params: Mapping[str, Any] | None = None,
+        *,
+        resume: str | None = None,
+        progress: bool = False,
+    ) -> PipelineRun:
+        """Run a step pipeline, skipping steps whose code, params and inputs match an earlier success.
+
+        Parameters: `params` over the project's `pipelines.<name>.params` over the pipeline's own defaults;
+        steps taking a `project` argument get this project. `resume` continues a failed run by its id, with
+        that run's parameters.
+        """
+        return run_pipeline(
+            pipeline,
+            metadata=self.metadata,
+            artifacts=self.artifacts,
+            code_dir=self.path,
+            params=None if resume else {**config_params(self.config, pipeline.name), **(params or {})},
+            resume=resume,
+            context={"project": self},
+            progress=progress,
         )
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ COMMANDS = [
     "controller",
     "demo",
     "models",
+    "runs",
     "monitor",
     "policy",
 ]

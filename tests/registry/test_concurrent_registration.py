@@ -2,10 +2,10 @@
 
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 from sklearn.dummy import DummyClassifier
 
+from loopml.registry.model_dir import build_model_file
 from loopml.registry.models import ModelRegistry
 from loopml.storage.artifacts import ArtifactStore
 from loopml.storage.metadata import MetadataStore
@@ -16,13 +16,8 @@ def test_concurrent_registrations_get_distinct_consecutive_versions(
     metadata: MetadataStore, tmp_path: Path
 ) -> None:
     registry = ModelRegistry(metadata, ArtifactStore(tmp_path / "artifacts"))
-    trained = SimpleNamespace(
-        spec=SPEC,
-        estimator=DummyClassifier().fit([[0], [1]], [0, 1]),
-        run_id=None,
-        snapshot=SimpleNamespace(id=None),
-        metrics={},
-        code_version={},
+    model_file, files = build_model_file(
+        DummyClassifier().fit([[0], [1]], [0, 1]), model_name=SPEC.model_name
     )
     start, versions, errors = threading.Barrier(6), [], []
 
@@ -30,7 +25,7 @@ def test_concurrent_registrations_get_distinct_consecutive_versions(
         start.wait()
         try:
             for _ in range(4):
-                versions.append(registry.register(trained).version)
+                versions.append(registry.register_files(model_file, files).version)
         except Exception as exc:
             errors.append(exc)
 

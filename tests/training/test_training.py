@@ -1,9 +1,7 @@
-import numpy as np
 import pytest
 
 from loopml.errors import ValidationError
 from loopml.project import Project
-from loopml.training.gate import evaluate_gate
 from loopml.training.pipeline import TrainingSpec
 from loopml.training.tracking import Tracker
 from tests.helpers import SPEC, build_world
@@ -59,26 +57,6 @@ def test_bad_training_input_is_explained(project: Project) -> None:
         project.train(SPEC, events.assign(is_bad=events.is_bad.where(events.index > 0)))
     with pytest.raises(ValidationError, match="module:function"):
         TrainingSpec("m", (), (), "y", "not_a_factory")
-
-
-def test_gate_passes_only_a_real_improvement() -> None:
-    rng = np.random.default_rng(0)
-    y = (rng.random(2000) < 0.1).astype(float)
-    good = y * 0.6 + rng.random(2000) * 0.5
-    poor = y * 0.1 + rng.random(2000)
-    passed = evaluate_gate(y, good, poor, min_delta=0.01)
-    assert passed.passed and passed.candidate > passed.champion + 0.01
-    assert "beats champion" in passed.reason
-    assert not evaluate_gate(y, poor, good).passed
-    assert not evaluate_gate(y, good, good, min_delta=0.0).passed  # equal is not better
-    log_loss_gate = evaluate_gate(y, np.clip(good, 0, 1), np.clip(poor, 0, 1), metric="log_loss")
-    assert log_loss_gate.passed and log_loss_gate.candidate < log_loss_gate.champion
-
-
-def test_gate_refuses_to_judge_on_too_little_data() -> None:
-    y = np.array([0.0] * 300 + [1.0] * 5)
-    result = evaluate_gate(y, y, 1 - y, min_positive=10)
-    assert not result.passed and "not enough labelled data" in result.reason
 
 
 def test_recency_weights_halve_every_half_life_and_reach_the_estimator(project: Project) -> None:

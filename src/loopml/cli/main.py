@@ -7,22 +7,21 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pandas as pd
 import typer
 from rich.table import Table
 
-from loopml.cli import features, models, monitor
+from loopml.cli import features, models, monitor, runs
 from loopml.cli.common import ProjectOption, console, err_console, open_project, parse_duration, parse_time
 from loopml.cli.definitions import collect
 from loopml.cli.materialize import materialize
+from loopml.cli.train import train
 from loopml.config import write_config
-from loopml.errors import LoopmlError, NotFoundError
+from loopml.errors import LoopmlError
 from loopml.features import Entity, FeatureService, FeatureView, OnDemandFeatureView
 from loopml.features.registry import AppliedChange
 from loopml.loop.controller import Controller
 from loopml.loop.policy import DriftRetrainPolicy, apply_policies, list_policies, plan_policies
 from loopml.serving.endpoints import deploy as deploy_endpoint
-from loopml.training.pipeline import TrainingSpec
 
 app = typer.Typer(
     help="loopml: features, training, registry, serving, monitoring and automatic retraining in one loop.",
@@ -30,6 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models.app, name="models")
+app.add_typer(runs.app, name="runs")
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(features.features_app, name="features")
 app.add_typer(features.datasets_app, name="datasets")
@@ -134,36 +134,7 @@ def _print_plan(changes: list[tuple[str, str, str, str]]) -> None:
 app.command()(materialize)
 
 
-@app.command()
-def train(
-    model: str = typer.Argument(..., help="model_name of a TrainingSpec defined in the project's .py files."),
-    data: Path = typer.Option(
-        ...,
-        exists=True,
-        dir_okay=False,
-        help="Parquet file of labelled entity rows (keys, timestamp, request inputs, label).",
-    ),
-    alias: str | None = typer.Option(None, help="Point this alias at the new version (e.g. champion)."),
-    project_dir: Path = ProjectOption,
-) -> None:
-    """Train a model on a point-in-time training set and register the version."""
-    project = open_project(project_dir)
-    specs = [s for s in collect(project.path, (TrainingSpec,)) if s.model_name == model]
-    if not specs:
-        raise NotFoundError(
-            f"No TrainingSpec with model_name '{model}' in {project.path}/*.py; define one there."
-        )
-    with console.status(f"training {model}"):
-        trained = project.train(specs[0], pd.read_parquet(data))
-        version = project.registry.register(trained, actor="cli")
-    console.print(
-        f"Registered {version.ref}: " + ", ".join(f"{k}={v:.4f}" for k, v in version.metrics.items())
-    )
-    if alias:
-        project.registry.set_alias(
-            model, alias, version.version, actor="cli", reason="set by `loopml train --alias`"
-        )
-        console.print(f"{model}@{alias} → v{version.version}")
+app.command()(train)
 
 
 @app.command()

@@ -12,6 +12,7 @@ from loopml.errors import NotFoundError, ValidationError
 from loopml.features.definitions import check_identifier
 from loopml.loop.tables import policies
 from loopml.storage.metadata import MetadataStore
+from loopml.training.gate_policy import GatePolicy, MetricThreshold
 
 _DURATIONS = ("drift_window", "reference_window", "training_window", "evaluation_window", "cooldown")
 
@@ -24,7 +25,8 @@ class DriftRetrainPolicy:
     like when it was trained) with the endpoint's last `drift_window` of predictions. The candidate trains
     on labelled predictions of the last `training_window`, except the newest `evaluation_window`, on which
     candidate and champion are scored side by side; with too little labelled data there, no candidate is
-    trained at all.
+    trained at all. The gate (`gate_policy`) asks the candidate's `metric` to beat the champion's by at
+    least `min_delta` in the metric's direction (negative: a bounded regression is allowed).
     """
 
     name: str
@@ -53,6 +55,15 @@ class DriftRetrainPolicy:
             raise ValidationError(f"p_value_threshold must be in (0, 1), got {self.p_value_threshold}.")
         if self.evaluation_window >= self.training_window:
             raise ValidationError("evaluation_window must be shorter than training_window.")
+        self.gate_policy()  # an unknown metric or a bad min_delta fails here, not at the first retrain
+
+    def gate_policy(self) -> GatePolicy:
+        """The evaluation gate a retrained candidate must pass before it replaces the champion."""
+        return GatePolicy(
+            [MetricThreshold(self.metric, min_absolute_change=self.min_delta)],
+            min_rows=self.min_evaluation_rows,
+            min_positive=self.min_evaluation_positives,
+        )
 
     def spec(self) -> dict[str, Any]:
         spec = asdict(self)

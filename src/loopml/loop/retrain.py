@@ -13,7 +13,7 @@ from loopml.loop.policy import DriftRetrainPolicy
 from loopml.registry.models import ModelVersion
 from loopml.serving.prediction_log import read_labelled_predictions
 from loopml.training.evaluation import predict_scores
-from loopml.training.gate import GateResult, evaluate_gate
+from loopml.training.gate import GateResult, evaluate_candidate
 from loopml.training.pipeline import TrainingSpec
 
 if TYPE_CHECKING:
@@ -113,14 +113,11 @@ def retrain_and_gate(
     )
     outcome = "the gate did not finish"
     try:
-        gate = evaluate_gate(
+        gate = evaluate_candidate(
+            policy.gate_policy(),
             data.gate_rows[data.spec.label].to_numpy(),
             score_version(project, candidate, data.gate_rows, data.spec.timestamp_field).to_numpy(),
             score_version(project, champion, data.gate_rows, data.spec.timestamp_field).to_numpy(),
-            metric=policy.metric,
-            min_delta=policy.min_delta,
-            min_rows=policy.min_evaluation_rows,
-            min_positive=policy.min_evaluation_positives,
         )
         project.registry.record_gate(policy.model_name, candidate.version, gate.to_dict(), actor=actor)
         if gate.passed:

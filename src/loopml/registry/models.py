@@ -1,30 +1,44 @@
-"""The model registry: versions are immutable, aliases move, and every move is an event."""
+"""The model registry: versions are immutable, aliases move, and every move is an event.
+
+A version is a set of files (its model file `loopml-model.yaml` and the flavors' files), each stored in the
+ArtifactStore under its sha256 and listed in the version's manifest; loading verifies every checksum.
+"""
 
 from __future__ import annotations
 
-import io
 import math
-import platform
 import random
-import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import joblib
-import sklearn
 from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from loopml.errors import NotFoundError, StoreUnavailableError, ValidationError
-from loopml.registry.tables import model_aliases, model_versions, registered_models
+from loopml.registry import aliases
+from loopml.registry.aliases import AliasPeriod
+from loopml.registry.flavors import load_model
+from loopml.registry.model_file import MODEL_FILE_NAME, ModelFile
+from loopml.registry.packaging import package
+from loopml.registry.tables import (
+    model_aliases,
+    model_version_tags,
+    model_versions,
+    registered_model_tags,
+    registered_models,
+)
+from loopml.storage.artifact_refs import StoredFile, add_refs, refs_of, release
 from loopml.storage.artifacts import ArtifactStore
 from loopml.storage.metadata import MetadataStore
 from loopml.training.pipeline import TrainedModel, TrainingSpec
 
-_ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,99}$")
 REGISTER_ATTEMPTS = 20  # concurrent registrations of one model retry for the next version number
+
+# Who else uses a model version (an endpoint, a rollout): (model name, version or None for any) -> users.
+UsageCheck = Callable[[str, int | None], list[str]]
 
 
 @dataclass(frozen=True)
@@ -49,22 +63,55 @@ class ModelVersion:
     def ref(self) -> str:
         return f"{self.model_name}/{self.version}"
 
+    @property
+    def owner(self) -> str:
+        """The version's name in the artifact manifests."""
+        return f"model:{self.model_name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """What the registry records beside a version's files: lineage, metrics and the training recipe."""
+
+    run_id: str | None = None
+    dataset_id: str | None = None
+    code_version: dict[str, Any] | None = None
+    metrics: dict[str, float] | None = None
+    training_spec: dict[str, Any] | None = None
+
 
 class ModelRegistry:
-    """Registers versions, moves aliases and loads models with their checksum verified."""
+    """Registers versions, moves aliases, deletes without orphans and loads models with checksums verified."""
 
-    def __init__(self, metadata: MetadataStore, artifacts: ArtifactStore) -> None:
+    def __init__(
+        self, metadata: MetadataStore, artifacts: ArtifactStore, usage_checks: list[UsageCheck] | None = None
+    ) -> None:
         self.metadata = metadata
         self.artifacts = artifacts
+        self.usage_checks = usage_checks if usage_checks is not None else []
 
-    def register(self, trained: TrainedModel, *, actor: str = "loopml", reason: str = "") -> ModelVersion:
-        """Store the estimator as an artifact and record a new immutable version with its lineage."""
-        buffer = io.BytesIO()
-        joblib.dump(trained.estimator, buffer)
-        digest = self.artifacts.put(buffer.getvalue())
+    # registration
+    def register_files(
+        self,
+        model_file: ModelFile,
+        files: Mapping[str, bytes],
+        record: VersionRecord | None = None,
+        *,
+        tags: Mapping[str, str] | None = None,
+        actor: str = "loopml",
+        reason: str = "",
+    ) -> ModelVersion:
+        """Store a model's files (the model file is written here) and record a new immutable version."""
+        record = record or VersionRecord()
+        if MODEL_FILE_NAME in files:
+            raise ValidationError(
+                f"Pass the model file as `model_file`, not as a file named {MODEL_FILE_NAME}."
+            )
+        every_file = {**files, MODEL_FILE_NAME: model_file.to_yaml()}
+        stored = {path: StoredFile(self.artifacts.put(data), len(data)) for path, data in every_file.items()}
         for attempt in range(1, REGISTER_ATTEMPTS + 1):
             try:
-                row = self._insert_version(trained, digest, actor, reason)
+                row = self._insert_version(model_file, stored, record, tags or {}, actor, reason)
                 break
             except (IntegrityError, StoreUnavailableError) as exc:
                 # Another registration of this model took the next number (or, on SQLite, the write lock)
@@ -73,16 +120,24 @@ class ModelRegistry:
                     raise
                 if attempt == REGISTER_ATTEMPTS:
                     raise StoreUnavailableError(
-                        f"Registering a version of '{trained.spec.model_name}' lost the race for the next version "
+                        f"Registering a version of '{model_file.model_name}' lost the race for the next version "
                         f"number {REGISTER_ATTEMPTS} times to other registrations of it; register again once "
                         "they have finished."
                     ) from exc
                 time.sleep(random.uniform(0, 0.05 * attempt))
         return ModelVersion(**row)
 
-    def _insert_version(self, trained: TrainedModel, digest: str, actor: str, reason: str) -> dict[str, Any]:
-        """One transaction: the model row if new, the next version number, the version and its event."""
-        name = trained.spec.model_name
+    def _insert_version(
+        self,
+        model_file: ModelFile,
+        stored: dict[str, StoredFile],
+        record: VersionRecord,
+        tags: Mapping[str, str],
+        actor: str,
+        reason: str,
+    ) -> dict[str, Any]:
+        """One transaction: the model row if new, the next version number, the version, its files and event."""
+        name = model_file.model_name
         now = self.metadata.clock.now()
         with self.metadata.begin() as conn:
             exists = conn.execute(
@@ -91,14 +146,14 @@ class ModelRegistry:
             if exists is None:
                 conn.execute(
                     insert(registered_models).values(
-                        name=name, description="", training_spec=trained.spec.spec(), created_at=now
+                        name=name, description="", training_spec=record.training_spec or {}, created_at=now
                     )
                 )
-            else:
+            elif record.training_spec is not None:
                 conn.execute(
                     update(registered_models)
                     .where(registered_models.c.name == name)
-                    .values(training_spec=trained.spec.spec())
+                    .values(training_spec=record.training_spec)
                 )
             version = (
                 conn.execute(
@@ -109,34 +164,69 @@ class ModelRegistry:
             row = {
                 "model_name": name,
                 "version": version,
-                "run_id": trained.run_id,
-                "dataset_id": trained.snapshot.id,
-                "artifact_digest": digest,
-                "flavor": "sklearn",
-                "inputs": trained.spec.inputs,
-                "features": list(trained.spec.features),
-                "feature_service": None,
-                "model_file": None,
-                "code_version": trained.code_version,
-                "library_versions": {
-                    "python": platform.python_version(),
-                    "scikit-learn": sklearn.__version__,
-                },
-                "metrics": {k: v for k, v in trained.metrics.items() if not math.isnan(v)},
+                "run_id": record.run_id,
+                "dataset_id": record.dataset_id,
+                "artifact_digest": stored[MODEL_FILE_NAME].digest,
+                "flavor": model_file.flavor,
+                "inputs": [column.name for column in model_file.signature.inputs],
+                "features": list(model_file.features),
+                "feature_service": model_file.feature_service,
+                "code_version": record.code_version or {},
+                "library_versions": _library_versions(model_file),
+                "metrics": record.metrics or {},
+                "model_file": model_file.to_dict(),
                 "gate": None,
                 "created_at": now,
             }
             conn.execute(insert(model_versions).values(**row))
+            add_refs(conn, f"model:{name}/{version}", stored, now)
+            if tags:
+                conn.execute(
+                    insert(model_version_tags),
+                    [{"model_name": name, "version": version, "key": k, "value": v} for k, v in tags.items()],
+                )
             self.metadata.record_event(
                 conn,
                 kind="model.registered",
                 subject=f"model:{name}/{version}",
                 actor=actor,
-                reason=reason or f"registered version {version} of '{name}' from run {trained.run_id}",
-                data={"run_id": trained.run_id, "dataset_id": trained.snapshot.id, "metrics": row["metrics"]},
+                reason=reason or f"registered version {version} of '{name}'",
+                data={"run_id": record.run_id, "dataset_id": record.dataset_id, "metrics": row["metrics"]},
             )
         return row
 
+    def register(
+        self,
+        trained: TrainedModel,
+        *,
+        feature_service: str | None = None,
+        promotion_policy: dict[str, Any] | None = None,
+        onnx: bool = False,
+        tags: Mapping[str, str] | None = None,
+        actor: str = "loopml",
+        reason: str = "",
+    ) -> ModelVersion:
+        """Register a trained model with its lineage; `onnx` also stores a checked ONNX copy."""
+        model_file, files = package(
+            trained, feature_service=feature_service, promotion_policy=promotion_policy, onnx=onnx
+        )
+        record = VersionRecord(
+            run_id=trained.run_id,
+            dataset_id=trained.snapshot.id,
+            code_version=trained.code_version,
+            metrics={k: v for k, v in trained.metrics.items() if not math.isnan(v)},
+            training_spec=trained.spec.spec(),
+        )
+        return self.register_files(
+            model_file,
+            files,
+            record,
+            tags=tags,
+            actor=actor,
+            reason=reason or f"registered from run {trained.run_id}",
+        )
+
+    # reading
     def get_version(self, name: str, version: int) -> ModelVersion:
         with self.metadata.begin() as conn:
             row = conn.execute(
@@ -170,19 +260,11 @@ class ModelRegistry:
             ).scalar()
         if spec is None:
             raise NotFoundError(f"No registered model named '{name}'; train and register it first.")
+        if not spec:
+            raise NotFoundError(
+                f"Model '{name}' was registered without a training spec (imported?); it cannot be retrained."
+            )
         return TrainingSpec.from_spec(spec)
-
-    def aliases(self, name: str) -> dict[str, int]:
-        with self.metadata.begin() as conn:
-            rows = conn.execute(
-                select(model_aliases.c.alias, model_aliases.c.version).where(
-                    model_aliases.c.model_name == name
-                )
-            ).all()
-        return dict(rows)
-
-    def get_alias(self, name: str, alias: str) -> int | None:
-        return self.aliases(name).get(alias)
 
     def resolve(self, ref: str) -> ModelVersion:
         """'name@alias' or 'name/version' to the version it points at now."""
@@ -197,6 +279,40 @@ class ModelRegistry:
             raise ValidationError(f"Model reference {ref!r} must be 'name@alias' or 'name/version'.")
         return self.get_version(name, int(version_text))
 
+    def files(self, version: ModelVersion) -> dict[str, StoredFile]:
+        """The version's manifest: file path -> stored file."""
+        with self.metadata.begin() as conn:
+            return refs_of(conn, version.owner)
+
+    def read_files(self, version: ModelVersion) -> dict[str, bytes]:
+        """Every file of a version, each verified against its checksum."""
+        return {path: self.artifacts.get(f.digest) for path, f in self.files(version).items()}
+
+    def model_file(self, version: ModelVersion) -> ModelFile:
+        """The version's model file, validated."""
+        if version.model_file is None:
+            raise ValidationError(
+                f"Model {version.ref} has no model file; the database needs `loopml` 0004+."
+            )
+        return ModelFile.from_dict(version.model_file, source=f"{MODEL_FILE_NAME} of {version.ref}")
+
+    def load(self, version: ModelVersion, *, flavor: str | None = None) -> Any:
+        """The model of a version, after every file's checksum was verified and its model file validated."""
+        return load_model(self.read_files(version), self.model_file(version), prefer=flavor)
+
+    # aliases
+    def aliases(self, name: str) -> dict[str, int]:
+        with self.metadata.begin() as conn:
+            rows = conn.execute(
+                select(model_aliases.c.alias, model_aliases.c.version).where(
+                    model_aliases.c.model_name == name
+                )
+            ).all()
+        return dict(rows)
+
+    def get_alias(self, name: str, alias: str) -> int | None:
+        return self.aliases(name).get(alias)
+
     def set_alias(
         self,
         name: str,
@@ -208,64 +324,61 @@ class ModelRegistry:
         evidence: dict[str, Any] | None = None,
     ) -> None:
         """Point `alias` at `version`, recording who, when, why and the numbers behind it."""
-        if not _ALIAS.match(alias):
-            raise ValidationError(
-                f"Alias {alias!r} is invalid; use a letter then letters, digits, '_' or '-'."
-            )
+        aliases.check_alias(alias)
         self.get_version(name, version)
         with self.metadata.begin() as conn:
-            previous = _alias_version(conn, name, alias)
-            if previous == version:
-                return
-            now = self.metadata.clock.now()
-            if previous is None:
-                conn.execute(
-                    insert(model_aliases).values(
-                        model_name=name, alias=alias, version=version, updated_at=now
-                    )
-                )
-            else:
-                conn.execute(
-                    update(model_aliases)
-                    .where(model_aliases.c.model_name == name, model_aliases.c.alias == alias)
-                    .values(version=version, updated_at=now)
-                )
-            self.metadata.record_event(
-                conn,
-                kind="alias.moved",
-                subject=f"model:{name}@{alias}",
-                actor=actor,
-                reason=reason,
-                data={"alias": alias, "from_version": previous, "to_version": version, **(evidence or {})},
+            aliases.move_alias(
+                self.metadata, conn, name, alias, version, actor=actor, reason=reason, evidence=evidence
             )
-            self.metadata.bump_change_counter(conn)
 
     def remove_alias(self, name: str, alias: str, *, actor: str = "loopml", reason: str) -> None:
         with self.metadata.begin() as conn:
-            previous = _alias_version(conn, name, alias)
-            if previous is None:
-                return
-            conn.execute(
-                delete(model_aliases).where(
-                    model_aliases.c.model_name == name, model_aliases.c.alias == alias
-                )
-            )
-            self.metadata.record_event(
-                conn,
-                kind="alias.removed",
-                subject=f"model:{name}@{alias}",
-                actor=actor,
-                reason=reason,
-                data={"alias": alias, "from_version": previous, "to_version": None},
-            )
-            self.metadata.bump_change_counter(conn)
+            aliases.move_alias(self.metadata, conn, name, alias, None, actor=actor, reason=reason)
 
     def alias_at(self, name: str, alias: str, moment: datetime) -> int | None:
-        """Which version `alias` pointed at, at `moment`, read from the alias events."""
-        moves = self.metadata.events(subject_prefix=f"model:{name}@{alias}", until=moment)
-        moves = [e for e in moves if e.subject == f"model:{name}@{alias}"]
-        return moves[-1].data["to_version"] if moves else None
+        """Which version `alias` pointed at, at `moment` (None if it pointed nowhere)."""
+        with self.metadata.begin() as conn:
+            return aliases.version_at(conn, name, alias, moment)
 
+    def alias_history(self, name: str, alias: str | None = None) -> list[AliasPeriod]:
+        """Every period of an alias (or of all the model's aliases): version, from, to, who and why."""
+        with self.metadata.begin() as conn:
+            return aliases.periods(conn, name, alias)
+
+    # tags
+    def set_tag(self, name: str, key: str, value: str, *, version: int | None = None) -> None:
+        """Tag a model (or one of its versions); tags are labels, not history: the value is replaced."""
+        _check_tag(key, value)
+        if version is None:
+            self._require_model(name)
+            table, keys = registered_model_tags, {"model_name": name}
+        else:
+            self.get_version(name, version)
+            table, keys = model_version_tags, {"model_name": name, "version": version}
+        with self.metadata.begin() as conn:
+            where = [table.c[k] == v for k, v in {**keys, "key": key}.items()]
+            conn.execute(delete(table).where(*where))
+            conn.execute(insert(table).values(**keys, key=key, value=value))
+
+    def delete_tag(self, name: str, key: str, *, version: int | None = None) -> None:
+        table = registered_model_tags if version is None else model_version_tags
+        where = [table.c.model_name == name, table.c.key == key]
+        if version is not None:
+            where.append(table.c.version == version)
+        with self.metadata.begin() as conn:
+            conn.execute(delete(table).where(*where))
+
+    def tags(self, name: str, *, version: int | None = None) -> dict[str, str]:
+        table = registered_model_tags if version is None else model_version_tags
+        where = [table.c.model_name == name]
+        if version is not None:
+            where.append(table.c.version == version)
+        with self.metadata.begin() as conn:
+            return dict(
+                conn.execute(select(table.c.key, table.c.value).where(*where).order_by(table.c.key)).all()
+            )
+
+    # gate
     def record_gate(self, name: str, version: int, gate: dict[str, Any], *, actor: str = "loopml") -> None:
         with self.metadata.begin() as conn:
             conn.execute(
@@ -282,17 +395,102 @@ class ModelRegistry:
                 data=gate,
             )
 
-    def load(self, version: ModelVersion) -> Any:
-        """The estimator of a version, after its artifact's checksum was verified."""
-        return joblib.load(io.BytesIO(self.artifacts.get(version.artifact_digest)))
+    # deletion
+    def delete_version(
+        self, name: str, version: int, *, actor: str = "loopml", reason: str = ""
+    ) -> list[str]:
+        """Delete a version's metadata and files together; refuse while an alias or endpoint uses it.
 
+        Returns the digests of the files removed (files shared with another version stay).
+        """
+        target = self.get_version(name, version)
+        self._refuse_if_used(name, version)
+        with self.metadata.begin() as conn:
+            unused = self._delete_version_rows(conn, target, actor, reason)
+        self._delete_blobs(unused)
+        return unused
 
-def _alias_version(conn: Connection, name: str, alias: str) -> int | None:
-    return conn.execute(
-        select(model_aliases.c.version).where(
-            model_aliases.c.model_name == name, model_aliases.c.alias == alias
+    def delete_model(self, name: str, *, actor: str = "loopml", reason: str = "") -> list[str]:
+        """Delete a model with every version and file; refuse while an alias or endpoint uses any of it."""
+        self._require_model(name)
+        self._refuse_if_used(name, None)
+        unused: list[str] = []
+        versions = self.list_versions(name)
+        with self.metadata.begin() as conn:
+            for target in versions:
+                unused += self._delete_version_rows(conn, target, actor, reason)
+            conn.execute(delete(registered_model_tags).where(registered_model_tags.c.model_name == name))
+            conn.execute(delete(registered_models).where(registered_models.c.name == name))
+            self.metadata.record_event(
+                conn,
+                kind="model.deleted",
+                subject=f"model:{name}",
+                actor=actor,
+                reason=reason or f"deleted model '{name}'",
+                data={},
+            )
+        self._delete_blobs(unused)
+        return unused
+
+    def _refuse_if_used(self, name: str, version: int | None) -> None:
+        held = sorted(a for a, v in self.aliases(name).items() if version is None or v == version)
+        users = [f"alias '{a}'" for a in held]
+        for check in self.usage_checks:
+            users += check(name, version)
+        if users:
+            what = f"{name}/{version}" if version is not None else f"model '{name}'"
+            raise ValidationError(
+                f"Cannot delete {what}: still used by {', '.join(users)}. Move or remove those first "
+                f"(`loopml models alias`, `loopml deploy`)."
+            )
+
+    def _delete_version_rows(
+        self, conn: Connection, target: ModelVersion, actor: str, reason: str
+    ) -> list[str]:
+        conn.execute(
+            delete(model_version_tags).where(
+                model_version_tags.c.model_name == target.model_name,
+                model_version_tags.c.version == target.version,
+            )
         )
-    ).scalar()
+        conn.execute(
+            delete(model_versions).where(
+                model_versions.c.model_name == target.model_name, model_versions.c.version == target.version
+            )
+        )
+        unused = release(conn, target.owner)
+        self.metadata.record_event(
+            conn,
+            kind="model.version_deleted",
+            subject=f"model:{target.ref}",
+            actor=actor,
+            reason=reason or f"deleted version {target.version} of '{target.model_name}'",
+            data={"artifact_digest": target.artifact_digest, "files_deleted": len(unused)},
+        )
+        self.metadata.bump_change_counter(conn)
+        return unused
+
+    def _delete_blobs(self, digests: list[str]) -> None:
+        """After the commit: a crash here leaves an unreferenced blob, never a version without its files."""
+        for digest in digests:
+            self.artifacts.delete(digest)
+
+    def _require_model(self, name: str) -> None:
+        if name not in self.list_models():
+            raise NotFoundError(f"No registered model named '{name}'; see `loopml models list`.")
+
+
+def _check_tag(key: str, value: str) -> None:
+    if not key or len(key) > 250 or key != key.strip():
+        raise ValidationError(f"Tag key {key!r} must be 1-250 characters without surrounding spaces.")
+    if not isinstance(value, str):
+        raise ValidationError(f"Tag '{key}' must have a string value, got {type(value).__name__}.")
+
+
+def _library_versions(model_file: ModelFile) -> dict[str, str]:
+    """Python and each pinned requirement's version, as recorded in the model file."""
+    pinned = dict(line.split("==", 1) for line in model_file.requirements if "==" in line)
+    return {"python": model_file.python_version or "unknown", **pinned}
 
 
 def _is_conflict(exc: Exception) -> bool:

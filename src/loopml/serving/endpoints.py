@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -91,3 +92,20 @@ def served_views(metadata: MetadataStore, registry: ModelRegistry) -> dict[str, 
         for view in group_feature_refs(version.features):
             served.setdefault(view, f"endpoint '{endpoint.name}' (model {version.ref})")
     return served
+
+
+def endpoint_users(
+    metadata: MetadataStore, registry: ModelRegistry
+) -> Callable[[str, int | None], list[str]]:
+    """A registry usage check: the endpoints serving a model (any of it, or one version right now)."""
+
+    def users(model_name: str, version: int | None) -> list[str]:
+        found = []
+        for endpoint in list_endpoints(metadata):
+            if endpoint.model_name != model_name:
+                continue
+            if version is None or registry.get_alias(model_name, endpoint.alias) == version:
+                found.append(f"endpoint '{endpoint.name}' ({model_name}@{endpoint.alias})")
+        return found
+
+    return users

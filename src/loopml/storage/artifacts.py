@@ -56,6 +56,12 @@ class ArtifactStore:
             )
         return data
 
+    def delete(self, digest: str) -> None:
+        """Remove a blob; removing one that is already gone is not an error."""
+        path = self._path(digest)
+        if self.fs.exists(path):
+            self.fs.rm(path)
+
     def exists(self, digest: str) -> bool:
         return self.fs.exists(self._path(digest))
 

@@ -24,6 +24,7 @@ from loopml.storage.offline import OfflineStore
 from loopml.training.evaluation import classification_metrics, predict_scores
 from loopml.training.tracking import Tracker, code_version
 
+INPUT_EXAMPLE_ROWS = 5  # rows of training inputs kept in the model file as its input example
 FeatureFetcher = Callable[[pd.DataFrame, Sequence[str]], pd.DataFrame]
 
 
@@ -86,6 +87,8 @@ class TrainedModel:
     snapshot: Snapshot
     metrics: dict[str, float]
     code_version: dict[str, Any]
+    input_example: pd.DataFrame
+    baseline: dict[str, Any]
 
 
 def build_estimator(spec: TrainingSpec) -> Any:
@@ -166,7 +169,33 @@ def train(
         tracker.end_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
     tracker.end_run(run_id)
-    return TrainedModel(spec, estimator, run_id, snapshot, metrics, code)
+    baseline = {
+        "dataset_id": snapshot.id,
+        "metrics": {k: v for k, v in metrics.items() if pd.notna(v)},
+        "inputs": input_profile(fit_rows[spec.inputs]),
+    }
+    example = fit_rows[spec.inputs].head(INPUT_EXAMPLE_ROWS).reset_index(drop=True)
+    return TrainedModel(spec, estimator, run_id, snapshot, metrics, code, example, baseline)
+
+
+def input_profile(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per-input summary of the training rows: the baseline monitoring compares live inputs with."""
+    profile: dict[str, dict[str, Any]] = {}
+    for column in frame.columns:
+        values = frame[column]
+        summary: dict[str, Any] = {"missing_share": float(values.isna().mean())}
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            described = values.astype(float).describe(percentiles=[0.05, 0.5, 0.95])
+            summary.update(
+                {k: float(described[k]) for k in ("mean", "std", "min", "5%", "50%", "95%", "max")}
+            )
+        else:
+            shares = values.astype(str).value_counts(normalize=True).head(10)
+            summary["top_values"] = {str(k): float(v) for k, v in shares.items()}
+        profile[column] = {
+            k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in summary.items()
+        }
+    return profile
 
 
 def _check_binary_label(frame: pd.DataFrame, label: str) -> None:

@@ -313,9 +313,8 @@ def downgrade() -> None:
     op.drop_table("run_latest_metrics")
     op.drop_index("ix_run_params_key_value", table_name="run_params")
     op.drop_index("ix_run_metrics_run_key_step", table_name="run_metrics")
-    op.drop_table("run_metrics")
     op.create_table(
-        "run_metrics",
+        "run_metrics_v3",
         sa.Column("run_id", sa.String(length=36), nullable=False),
         sa.Column("key", sa.String(length=250), nullable=False),
         sa.Column("step", sa.Integer(), nullable=False),
@@ -324,6 +323,17 @@ def downgrade() -> None:
         sa.ForeignKeyConstraint(["run_id"], ["runs.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("run_id", "key", "step"),
     )
+    # The older schema kept one value per (run, key, step): the latest logged one.
+    op.execute(
+        "INSERT INTO run_metrics_v3 (run_id, key, step, value, ts) "
+        "SELECT run_id, key, step, value, ts FROM ("
+        "  SELECT run_id, key, step, value, ts, ROW_NUMBER() OVER ("
+        "    PARTITION BY run_id, key, step ORDER BY ts DESC, id DESC) AS rank"
+        "  FROM run_metrics) AS ranked "
+        "WHERE rank = 1"
+    )
+    op.drop_table("run_metrics")
+    op.rename_table("run_metrics_v3", "run_metrics")
     with op.batch_alter_table("runs") as batch:
         batch.drop_index("ix_runs_status")
         batch.drop_index("ix_runs_parent_run_id")
