@@ -25,7 +25,7 @@ from loopml.features.frame_store import store_frames
 from loopml.features.materialize import MaterializeProgress, materialize
 from loopml.features.on_demand import FeaturePlan, OnDemandFeatureView, plan_features, transform_frame
 from loopml.features.registry import AppliedChange
-from loopml.registry.models import ModelRegistry
+from loopml.registry.models import ModelRegistry, versions_from_runs
 from loopml.schema import register_all_tables
 from loopml.serving.endpoints import endpoint_users, served_views
 from loopml.storage.artifacts import ArtifactStore
@@ -35,6 +35,7 @@ from loopml.storage.online import open_online_store
 from loopml.training.pipeline import TrainedModel, TrainingSpec, train
 from loopml.training.runner import PipelineRun, run_pipeline
 from loopml.training.steps import Pipeline, config_params
+from loopml.training.tracking import Tracker
 
 DEFINITIONS_POLL_SECONDS = 1.0  # how stale another process's apply may look to cached reads
 
@@ -218,6 +219,10 @@ class Project:
             view_versions=self._view_versions(spec.features),
         )
 
+    def tracker(self, **options: Any) -> Tracker:
+        """A Tracker on this project's stores; deleting a run is refused while a model version came from it."""
+        return Tracker(self.metadata, self.artifacts, usage_checks=[versions_from_runs], **options)
+
     def run_pipeline(
         self,
         pipeline: Pipeline,
@@ -232,6 +237,10 @@ class Project:
         steps taking a `project` argument get this project. `resume` continues a failed run by its id, with
         that run's parameters.
         """
+        if resume and params:
+            raise ValidationError(
+                f"Resuming run {resume} reuses its own parameters; drop {sorted(params)} or start a new run."
+            )
         return run_pipeline(
             pipeline,
             metadata=self.metadata,

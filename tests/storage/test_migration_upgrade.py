@@ -20,15 +20,15 @@ import orjson
 import pytest
 import sklearn
 import sqlalchemy as sa
-from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
 from sklearn.linear_model import LogisticRegression
 
-import loopml.storage.metadata
+from loopml.clock import SimulatedClock
 from loopml.schema import register_all_tables
 from loopml.storage.artifacts import ArtifactStore
+from loopml.storage.metadata import MetadataStore, run_migrations
+from tests.conftest import START
 
 T0 = datetime(2026, 1, 5, 9, 0)  # naive UTC, as 0001 stored times
 FIRST_MOVE = T0 + timedelta(hours=1)
@@ -43,7 +43,8 @@ DATETIMES = {name: sa.DateTime() for name in ("created_at", "valid_from", "valid
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
     """An empty database: a SQLite file, or a fresh PostgreSQL schema."""
     if request.param == "sqlite":
-        engine = sa.create_engine(f"sqlite:///{tmp_path / 'legacy.db'}")
+        # the engine loopml itself opens: WAL and foreign keys on, as in every project
+        engine = MetadataStore(f"sqlite:///{tmp_path / 'legacy.db'}", SimulatedClock(START)).engine
     else:
         url, connect_args = request.getfixturevalue("postgres_schema")
         engine = sa.create_engine(url, connect_args=connect_args)
@@ -52,14 +53,8 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine
 
 
 def alembic(engine: sa.Engine, action: str, revision: str) -> None:
-    """Run an Alembic command on the engine, configured as MetadataStore.migrate() does."""
-    config = Config()
-    config.set_main_option(
-        "script_location", str(Path(loopml.storage.metadata.__file__).parent / "migrations")
-    )
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        getattr(command, action)(config, revision)
+    """Run an Alembic command on the engine exactly as MetadataStore.migrate() does."""
+    run_migrations(engine, action, revision)
 
 
 def fitted_model(c: float) -> bytes:

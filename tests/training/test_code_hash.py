@@ -217,3 +217,40 @@ def test_the_hash_is_the_same_in_every_process(load: Callable[..., ModuleType], 
             env={**os.environ, "PYTHONHASHSEED": seed},
         ).stdout.strip()
         assert found == expected
+
+
+def test_lambdas_and_closures_sharing_a_name_are_each_hashed(
+    load: Callable[..., ModuleType], tmp_path: Path
+) -> None:
+    helpers = HELPERS + textwrap.dedent(
+        """
+        first = lambda x: x + 1
+        second = lambda x: x - 1
+
+        def make(k):
+            def scaled(x):
+                return x * k
+            return scaled
+
+        double = make(2)
+        triple = make(3)
+        """
+    )
+    pipe = PIPE + textwrap.dedent(
+        """
+        def uses_lambdas(x):
+            return lm_hash_helpers.first(x) + lm_hash_helpers.second(x)
+
+        def uses_factories(x):
+            return lm_hash_helpers.double(x) + lm_hash_helpers.triple(x)
+        """
+    )
+
+    def steps(helpers_source: str) -> tuple[str, str]:
+        module = load(helpers_source, pipe)
+        return code_hash(module.uses_lambdas, tmp_path), code_hash(module.uses_factories, tmp_path)
+
+    lambdas, factories = steps(helpers)
+    assert steps(helpers.replace("x - 1", "x - 100"))[0] != lambdas  # the second lambda counts too
+    assert steps(helpers.replace("make(3)", "make(4)"))[1] != factories  # so does the second closure
+    assert steps(helpers) == (lambdas, factories)

@@ -321,6 +321,11 @@ def fitted(train: pd.DataFrame, test: pd.DataFrame, project: Any) -> LogisticReg
     return LogisticRegression().fit(train[["x"]], train["y"])
 
 
+def counted(train: pd.DataFrame, project: Any) -> int:
+    project.append("fit")
+    return len(train)
+
+
 def test_several_outputs_objects_and_injected_resources(tmp_path: Path, metadata: MetadataStore) -> None:
     pipeline = Pipeline("model", [frames, fitted])
     store = ArtifactStore(str(tmp_path / "artifacts"))
@@ -334,11 +339,17 @@ def test_several_outputs_objects_and_injected_resources(tmp_path: Path, metadata
     pd.testing.assert_frame_equal(run.output("test"), frames(6)[1])
     assert list(run.output("fitted").predict(pd.DataFrame({"x": [0]}))) in ([0], [1])
     assert Tracker(metadata).get_run(run.run_id or "").metrics["train_rows"] == 3
-    # a resource is not part of the cache key: another object, same cache
+    # the cache key cannot see a resource's data: a step taking one runs every time unless declared cached
     again = run_pipeline(
-        pipeline, metadata=metadata, artifacts=store, code_dir=tmp_path, context={"project": []}
+        pipeline, metadata=metadata, artifacts=store, code_dir=tmp_path, context={"project": calls}
     )
-    assert again.statuses == {"frames": "cached", "fitted": "cached"} and calls == ["fitted"]
+    assert again.statuses == {"frames": "cached", "fitted": "succeeded"} and calls == ["fitted", "fitted"]
+    declared = Pipeline("model", [frames, step(cache=True)(counted)])
+    for _ in range(2):
+        last = run_pipeline(
+            declared, metadata=metadata, artifacts=store, code_dir=tmp_path, context={"project": calls}
+        )
+    assert last.statuses == {"frames": "cached", "counted": "cached"} and calls.count("fit") == 1
 
 
 def test_log_metric_outside_a_step_is_refused() -> None:

@@ -380,7 +380,7 @@ def test_a_run_a_model_version_was_registered_from_is_not_deleted(any_project: P
     from loopml.registry.model_file import ModelFile
     from loopml.registry.models import VersionRecord
 
-    tracker = Tracker(any_project.metadata, any_project.artifacts, capture_environment=False)
+    tracker = any_project.tracker(capture_environment=False)
     parent = tracker.start_run("p", {}, {})
     run_id = tracker.start_run("p", {}, {}, parent_run_id=parent)
     tracker.log_artifact(run_id, "model.bin", b"weights")
@@ -390,7 +390,7 @@ def test_a_run_a_model_version_was_registered_from_is_not_deleted(any_project: P
         VersionRecord(run_id=run_id),
     )
     for target, recursive in ((run_id, False), (parent, True)):
-        with pytest.raises(ValidationError, match=r"model version\(s\) m/1 .*were registered from it"):
+        with pytest.raises(ValidationError, match=r"model version m/1 \(registered from run .*\) keep\(s\) it"):
             tracker.delete_run(target, recursive=recursive)
     assert tracker.get_run(run_id).artifacts.keys() == {"model.bin"}  # nothing was deleted
     tracker.close()

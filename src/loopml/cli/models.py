@@ -9,6 +9,7 @@ import yaml
 from rich.table import Table
 
 from loopml.cli.common import ProjectOption, console, open_project, parse_time
+from loopml.errors import NotFoundError
 from loopml.registry.interop import export_version, import_model
 from loopml.registry.lineage import lineage
 
@@ -92,6 +93,13 @@ def alias(
     """Point ALIAS of model NAME at VERSION, or remove it (recorded in the alias history and as an event)."""
     project = open_project(project_dir)
     if remove:
+        if version is not None:
+            raise typer.BadParameter("--remove takes no VERSION", param_hint="VERSION")
+        held = project.registry.aliases(name)
+        if alias_name not in held:
+            raise NotFoundError(
+                f"Model '{name}' has no alias '{alias_name}' (it has: {sorted(held) or 'none'})."
+            )
         project.registry.remove_alias(name, alias_name, actor="cli", reason=reason)
         console.print(f"{name}@{alias_name} removed")
         return
@@ -110,6 +118,8 @@ def history(
 ) -> None:
     """Every period an alias pointed at a version, with who moved it and why; or the holder at a time."""
     project = open_project(project_dir)
+    if name not in project.registry.list_models():
+        raise NotFoundError(f"No registered model named '{name}'; see `loopml models list`.")
     if at is not None:
         alias_name = alias_name or "champion"
         version = project.registry.alias_at(name, alias_name, parse_time(at, project))
@@ -130,23 +140,25 @@ def history(
 
 @app.command()
 def tag(
-    ref: str = typer.Argument(..., help="NAME (the model) or NAME/VERSION."),
+    ref: str = typer.Argument(..., help="NAME (the model), NAME/VERSION or NAME@ALIAS (its version)."),
     pairs: list[str] = typer.Argument(..., help="KEY=VALUE to set, or KEY= to delete."),
     project_dir: Path = ProjectOption,
 ) -> None:
     """Set or delete tags on a model or a version."""
     project = open_project(project_dir)
-    name, _, version_text = ref.partition("/")
-    version = project.registry.resolve(ref).version if version_text else None
+    pinned = "/" in ref or "@" in ref
+    version = project.registry.resolve(ref) if pinned else None
+    name = version.model_name if version else ref
+    number = version.version if version else None
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise typer.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="PAIRS")
         if value:
-            project.registry.set_tag(name, key, value, version=version)
+            project.registry.set_tag(name, key, value, version=number)
         else:
-            project.registry.delete_tag(name, key, version=version)
-    console.print(project.registry.tags(name, version=version))
+            project.registry.delete_tag(name, key, version=number)
+    console.print(project.registry.tags(name, version=number))
 
 
 @app.command()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from loopml.cli.common import ProjectOption, console, err_console, open_project
@@ -23,7 +24,6 @@ from loopml.training.run_search import (
     resolve_run_id,
     search_runs,
 )
-from loopml.training.tracking import Tracker
 
 app = typer.Typer(help="Tracked runs: search, show, compare and delete.", no_args_is_help=True)
 
@@ -91,7 +91,9 @@ def list_runs(
         for key in metrics:
             table.add_column(key, justify="right")
         for run in found:
-            values = [(run.params if kind == "params" else run.tags).get(key, "") for kind, key in texts]
+            values = [
+                escape((run.params if kind == "params" else run.tags).get(key, "")) for kind, key in texts
+            ]
             table.add_row(
                 run.id[:SHORT_ID],
                 run.name or "",
@@ -151,7 +153,9 @@ def compare(
             keys = sorted({key for run in found for key in getattr(run, kind)})
             for key in keys:
                 values = [getattr(run, kind).get(key) for run in found]
-                cells = [_number(v) if kind == "metrics" else ("" if v is None else str(v)) for v in values]
+                cells = [
+                    _number(v) if kind == "metrics" else ("" if v is None else escape(str(v))) for v in values
+                ]
                 differs = len(set(cells)) > 1
                 table.add_row(
                     f"{kind}.{key}", *cells, "≠" if differs else "", style="bold yellow" if differs else None
@@ -170,7 +174,7 @@ def delete(
     """Delete a run with its metrics, params, tags, pipeline runs and the artifact files nobody else uses."""
     with _project(project_dir) as project:
         full_id = resolve_run_id(project.metadata, run_id)
-        tracker = Tracker(project.metadata, project.artifacts, capture_environment=False)
+        tracker = project.tracker(capture_environment=False)
         plan = tracker.plan_deletion(full_id, recursive=recursive)
         children = len(plan.run_ids) - 1
         console.print(
@@ -219,7 +223,7 @@ def _summary(run: Run) -> list[tuple[str, str]]:
     if run.dataset_id:
         rows.append(("dataset", run.dataset_id))
     if run.error:
-        rows.append(("error", f"[red]{run.error}[/]"))
+        rows.append(("error", f"[red]{escape(run.error)}[/]"))
     return rows
 
 
@@ -227,7 +231,7 @@ def _print_pairs(title: str, pairs: dict[str, str]) -> None:
     if pairs:
         table = Table("key", "value", title=title, title_justify="left")
         for key, value in pairs.items():
-            table.add_row(key, value)
+            table.add_row(escape(key), escape(value))
         console.print(table)
 
 

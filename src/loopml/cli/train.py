@@ -120,7 +120,7 @@ def _train_spec(project: Project, specs: list[Any], model: str, data: Path, alia
             f"No TrainingSpec with model_name '{model}' in {project.path}/*.py; define one there."
         )
     with console.status(f"training {model}"):
-        trained = project.train(specs[0], pd.read_parquet(data))
+        trained = project.train(specs[0], _read_rows(data))
         version = project.registry.register(trained, actor="cli")
     console.print(
         f"Registered {version.ref}: " + ", ".join(f"{k}={v:.4f}" for k, v in version.metrics.items())
@@ -130,3 +130,12 @@ def _train_spec(project: Project, specs: list[Any], model: str, data: Path, alia
             model, alias, version.version, actor="cli", reason="set by `loopml train --alias`"
         )
         console.print(f"{model}@{alias} → v{version.version}")
+
+
+def _read_rows(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # pyarrow's errors for a file that is not Parquet derive from these
+        raise ValidationError(
+            f"--data {path} is not a readable Parquet file ({exc}); write it with to_parquet."
+        ) from exc

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, insert, or_, select, update
 
 from loopml.errors import ValidationError
-from loopml.registry.tables import alias_history, model_aliases
+from loopml.registry.tables import alias_history, model_aliases, registered_models
 from loopml.storage.metadata import MetadataStore
 
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,99}$")
@@ -57,7 +57,11 @@ def move_alias(
     reason: str,
     evidence: dict[str, Any] | None = None,
 ) -> bool:
-    """Point `alias` at `version` (None removes it) in `conn`'s transaction; False when nothing changed."""
+    """Point `alias` at `version` (None removes it) in `conn`'s transaction; False when nothing changed.
+
+    The model's row is locked first (PostgreSQL), so two moves of one alias happen one after the other.
+    """
+    conn.execute(select(registered_models.c.name).where(registered_models.c.name == name).with_for_update())
     previous = current_version(conn, name, alias)
     if previous == version:
         return False

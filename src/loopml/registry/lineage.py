@@ -8,7 +8,7 @@ from loopml.data.snapshots import get_snapshot
 from loopml.errors import NotFoundError
 from loopml.registry.models import ModelVersion
 from loopml.storage.metadata import MetadataStore
-from loopml.training.tracking import Tracker
+from loopml.training.run_search import get_run
 
 
 def lineage(metadata: MetadataStore, version: ModelVersion) -> dict[str, Any]:
@@ -23,7 +23,7 @@ def lineage(metadata: MetadataStore, version: ModelVersion) -> dict[str, Any]:
     }
     if version.run_id is not None:
         try:
-            run = Tracker(metadata).get_run(version.run_id)
+            run = get_run(metadata, version.run_id)
             found["run"] = {
                 "id": run.id,
                 "pipeline": run.pipeline,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from loopml.registry.flavors import load_model
 from loopml.registry.model_file import MODEL_FILE_NAME, ModelFile
 from loopml.registry.packaging import package
 from loopml.registry.tables import (
+    alias_history,
     model_aliases,
     model_version_tags,
     model_versions,
@@ -35,6 +37,7 @@ from loopml.storage.artifacts import ArtifactStore
 from loopml.storage.metadata import MetadataStore
 from loopml.training.pipeline import TrainedModel, TrainingSpec
 
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 REGISTER_ATTEMPTS = 20  # concurrent registrations of one model retry for the next version number
 
 # Who else uses a model version (an endpoint, a rollout): (model name, version or None for any) -> users.
@@ -103,6 +106,9 @@ class ModelRegistry:
     ) -> ModelVersion:
         """Store a model's files (the model file is written here) and record a new immutable version."""
         record = record or VersionRecord()
+        check_model_name(model_file.model_name)
+        for key, value in (tags or {}).items():
+            _check_tag(key, value)
         if MODEL_FILE_NAME in files:
             raise ValidationError(
                 f"Pass the model file as `model_file`, not as a file named {MODEL_FILE_NAME}."
@@ -420,6 +426,8 @@ class ModelRegistry:
             for target in versions:
                 unused += self._delete_version_rows(conn, target, actor, reason)
             conn.execute(delete(registered_model_tags).where(registered_model_tags.c.model_name == name))
+            # a model registered again under this name starts a new history; the events keep the old one
+            conn.execute(delete(alias_history).where(alias_history.c.model_name == name))
             conn.execute(delete(registered_models).where(registered_models.c.name == name))
             self.metadata.record_event(
                 conn,
@@ -493,8 +501,30 @@ def _library_versions(model_file: ModelFile) -> dict[str, str]:
     return {"python": model_file.python_version or "unknown", **pinned}
 
 
+def check_model_name(name: str) -> None:
+    """Names appear in references ('name@alias', 'name/3'): no '@' or '/', at most 200 characters."""
+    if not _MODEL_NAME.match(name):
+        raise ValidationError(
+            f"Model name {name!r} is invalid: use 1-200 letters, digits, '_', '-' or '.', starting with a "
+            "letter or digit (pass --name to choose one)."
+        )
+
+
 def _is_conflict(exc: Exception) -> bool:
-    """A lost race for a version number or for SQLite's write lock, which a new transaction resolves."""
+    """A lost race for a version number (or a new model's row), or for SQLite's write lock: worth a retry."""
     if isinstance(exc, IntegrityError):
-        return True
+        text = str(exc.orig)
+        return ("UNIQUE" in text or "duplicate key" in text) and (
+            "model_versions" in text or "registered_models" in text
+        )
     return "locked" in str(exc)
+
+
+def versions_from_runs(conn: Connection, run_ids: list[str]) -> list[str]:
+    """A tracker usage check: the model versions registered from any of these runs."""
+    rows = conn.execute(
+        select(model_versions.c.model_name, model_versions.c.version, model_versions.c.run_id).where(
+            model_versions.c.run_id.in_(run_ids)
+        )
+    ).all()
+    return [f"model version {name}/{version} (registered from run {run})" for name, version, run in rows]

@@ -99,14 +99,7 @@ class MetadataStore:
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (idempotent)."""
-        from alembic import command
-        from alembic.config import Config
-
-        config = Config()
-        config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-        with self.engine.begin() as conn:
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
+        run_migrations(self.engine, "upgrade", "head")
 
     def record_event(
         self,
@@ -170,6 +163,38 @@ class MetadataStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def run_migrations(engine: Engine, action: str, revision: str) -> None:
+    """Run Alembic's `upgrade` or `downgrade` to `revision` in one transaction.
+
+    On SQLite, foreign keys are off while it runs: a migration that rebuilds a table (SQLite's only way to
+    alter one) drops it first, which would cascade to the rows referencing it. They are checked before commit.
+    """
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                config.attributes["connection"] = conn
+                getattr(command, action)(config, revision)
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all() if sqlite else []
+                if broken:
+                    raise StoreUnavailableError(
+                        f"Migrating to {revision} would leave rows without their referenced row: {broken[:5]}; "
+                        "nothing was changed. Report this with the database file."
+                    )
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
 
 
 def _make_engine(url: str, connect_args: dict[str, Any]) -> Engine:

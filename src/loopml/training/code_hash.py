@@ -54,6 +54,7 @@ class _Collector:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.parts: dict[str, str] = {}
+        self.seen: set[int] = set()  # objects visited: guards recursion through mutually calling helpers
 
     # objects
     def function(self, func: types.FunctionType | Callable[..., Any], *, force: bool = False) -> None:
@@ -63,10 +64,11 @@ class _Collector:
         code = getattr(func, "__code__", None)
         if code is None or not (force or self.is_local(code.co_filename)):
             return
-        key = self.key(code.co_filename, func.__qualname__)
-        if key in self.parts:
+        if id(func) in self.seen:
             return
-        self.parts[key] = ""  # visited: guards recursion through mutually calling helpers
+        self.seen.add(id(func))
+        key = self.unique_key(code.co_filename, func.__qualname__)
+        self.parts[key] = ""
         described = [
             _code(code),
             _stable(getattr(func, "__defaults__", None)),
@@ -85,9 +87,10 @@ class _Collector:
         file = _class_file(cls)
         if file is None or not self.is_local(file):
             return
-        key = self.key(file, cls.__qualname__)
-        if key in self.parts:
+        if id(cls) in self.seen:
             return
+        self.seen.add(id(cls))
+        key = self.unique_key(file, cls.__qualname__)
         self.parts[key] = ""
         described: list[Any] = [[b.__module__ + "." + b.__qualname__ for b in cls.__bases__]]
         for base in cls.__bases__:
@@ -199,6 +202,15 @@ class _Collector:
     # places
     def is_local(self, file: str | None) -> bool:
         return file is not None and _is_local(file, self.root)
+
+    def unique_key(self, file: str, name: str) -> str:
+        """The object's key; objects sharing a qualname (two lambdas, closures of one factory) get #1, #2..."""
+        base = key = self.key(file, name)
+        number = 0
+        while key in self.parts:
+            number += 1
+            key = f"{base}#{number}"
+        return key
 
     def key(self, file: str, name: str) -> str:
         path = Path(file)

@@ -1,8 +1,9 @@
 """Running a pipeline: unchanged steps come from the cache, outputs are stored, every step is recorded.
 
 A step's cache key is the sha256 of its name, its code hash (its own code and the local helpers it reaches),
-the parameters it takes, the digests of its inputs and its output names. A step is skipped ("cached") when a
-succeeded step run with that key exists and its artifacts are still stored. Every step reads its inputs back
+the parameters it takes, the digests of its inputs, its output names and the installed packages. A step is
+skipped ("cached") when a succeeded step run with that key exists and its artifacts are still stored; a step
+taking an injected resource (the project: data the key cannot see) runs every time unless declared cached. Every step reads its inputs back
 from the artifact store, so it sees the same value whether the step upstream ran or came from the cache.
 
 A failed run is marked failed and can be resumed under the same id: steps that succeeded keep their outputs
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 import traceback
 import uuid
 from collections.abc import Mapping
@@ -31,6 +33,7 @@ from loopml.storage.artifact_refs import StoredFile, add_refs, artifact_refs, re
 from loopml.storage.artifacts import ArtifactStore
 from loopml.storage.metadata import MetadataStore
 from loopml.training.code_hash import code_hash
+from loopml.training.environment import installed_packages
 from loopml.training.step_artifacts import StoredOutput, load_output, save_output
 from loopml.training.steps import Pipeline, Step
 from loopml.training.tables import pipeline_runs, step_runs
@@ -226,9 +229,24 @@ def delete_pipeline_run(metadata: MetadataStore, artifacts: ArtifactStore, pipel
     return orphans
 
 
-def cache_key(step: Step, code: str, params: Mapping[str, Any], inputs: Mapping[str, str]) -> str:
-    """sha256 of what decides a step's outputs: name, code hash, its parameters, input digests, output names."""
-    payload = {"step": step.name, "code": code, "params": dict(params), "inputs": dict(inputs)}
+def environment_digest() -> str:
+    """sha256 of the Python version and every installed package's version."""
+    described = {"python": sys.version, "packages": installed_packages()}
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+def cache_key(
+    step: Step, code: str, params: Mapping[str, Any], inputs: Mapping[str, str], environment: str
+) -> str:
+    """sha256 of what decides a step's outputs: name, code hash, parameters, input digests, output names and
+    the installed packages (a library upgrade may change results, and pickled outputs may not load)."""
+    payload = {
+        "step": step.name,
+        "code": code,
+        "params": dict(params),
+        "inputs": dict(inputs),
+        "environment": environment,
+    }
     payload["outputs"] = list(step.outputs)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -250,6 +268,7 @@ class _Runner:
         self.artifacts = artifacts
         self.code_dir = Path(code_dir)
         self.resources = resources
+        self.environment = environment_digest()
         self.progress = progress
         self.tracker = Tracker(metadata)
         self.code: dict[str, Any] = {}
@@ -326,7 +345,7 @@ class _Runner:
     def _step(self, s: Step, shown: _StepProgress) -> None:
         inputs = {name: self.outputs[name].digest for name in s.inputs if self.pipeline.producer(name)}
         params = {name: self.params[name] for name in self.pipeline.params_of(s)}
-        key = cache_key(s, code_hash(s.func, self.code_dir), params, inputs)
+        key = cache_key(s, code_hash(s.func, self.code_dir), params, inputs, self.environment)
         kept = self.previous.get(s.name)
         if (
             kept
@@ -337,7 +356,8 @@ class _Runner:
             self.outputs.update(kept.outputs)
             shown.update(s.name, "kept from the failed attempt")
             return
-        found = self._cached(key) if s.cache else None
+        caches = s.cache if s.cache is not None else not any(name in self.resources for name in s.inputs)
+        found = self._cached(key) if caches else None
         if found is not None:
             source, outputs = found
             now = self.metadata.clock.now()

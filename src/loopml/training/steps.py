@@ -31,7 +31,7 @@ class Step:
     name: str
     func: Callable[..., Any]
     outputs: tuple[str, ...]
-    cache: bool
+    cache: bool | None  # None: cached unless the step takes an injected resource
     inputs: tuple[str, ...]
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
@@ -55,16 +55,17 @@ def step(func: F, /) -> F: ...
 
 
 @overload
-def step(*, outputs: Sequence[str] | None = None, cache: bool = True) -> Callable[[F], F]: ...
+def step(*, outputs: Sequence[str] | None = None, cache: bool | None = None) -> Callable[[F], F]: ...
 
 
 def step(
-    func: F | None = None, /, *, outputs: Sequence[str] | None = None, cache: bool = True
+    func: F | None = None, /, *, outputs: Sequence[str] | None = None, cache: bool | None = None
 ) -> F | Callable[[F], F]:
     """Declare a pipeline step; the function stays a plain function (callable, picklable, testable).
 
     `outputs` names several outputs (the function then returns a tuple in that order or a dict); `cache=False`
-    runs the step every time even when its code, parameters and inputs are unchanged.
+    runs the step every time even when its code, parameters and inputs are unchanged. A step taking an injected
+    resource (e.g. `project`, whose data the cache key cannot see) runs every time unless `cache=True`.
     """
 
     def declare(function: F) -> F:
@@ -74,7 +75,7 @@ def step(
     return declare(func) if func is not None else declare
 
 
-def _describe(function: Callable[..., Any], outputs: Sequence[str] | None, cache: bool) -> Step:
+def _describe(function: Callable[..., Any], outputs: Sequence[str] | None, cache: bool | None) -> Step:
     name = function.__name__
     if isinstance(outputs, str):
         raise ValidationError(
