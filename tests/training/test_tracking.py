@@ -390,7 +390,9 @@ def test_a_run_a_model_version_was_registered_from_is_not_deleted(any_project: P
         VersionRecord(run_id=run_id),
     )
     for target, recursive in ((run_id, False), (parent, True)):
-        with pytest.raises(ValidationError, match=r"model version m/1 \(registered from run .*\) keep\(s\) it"):
+        with pytest.raises(
+            ValidationError, match=r"model version m/1 \(registered from run .*\) keep\(s\) it"
+        ):
             tracker.delete_run(target, recursive=recursive)
     assert tracker.get_run(run_id).artifacts.keys() == {"model.bin"}  # nothing was deleted
     tracker.close()

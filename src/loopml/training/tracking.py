@@ -365,7 +365,11 @@ class Tracker:
         """
         self.flush()
         plan, released = delete_run_rows(
-            self.metadata, run_id, recursive=recursive, artifacts=self.artifacts, usage_checks=self.usage_checks
+            self.metadata,
+            run_id,
+            recursive=recursive,
+            artifacts=self.artifacts,
+            usage_checks=self.usage_checks,
         )
         for deleted in plan.run_ids:
             self._params.pop(deleted, None)
