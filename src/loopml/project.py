@@ -34,7 +34,7 @@ from loopml.storage.offline import OfflineStore
 from loopml.storage.online import open_online_store
 from loopml.training.pipeline import TrainedModel, TrainingSpec, train
 from loopml.training.runner import PipelineRun, run_pipeline
-from loopml.training.steps import Pipeline, config_params
+from loopml.training.steps import Pipeline, layered_params
 from loopml.training.tracking import Tracker
 
 DEFINITIONS_POLL_SECONDS = 1.0  # how stale another process's apply may look to cached reads
@@ -246,7 +246,7 @@ class Project:
             metadata=self.metadata,
             artifacts=self.artifacts,
             code_dir=self.path,
-            params=None if resume else {**config_params(self.config, pipeline.name), **(params or {})},
+            params=None if resume else {**layered_params(pipeline, self.config), **(params or {})},
             resume=resume,
             context={"project": self},
             progress=progress,

@@ -15,7 +15,7 @@ from loopml.errors import NotFoundError, ValidationError
 from loopml.project import Project
 from loopml.training.pipeline import TrainingSpec
 from loopml.training.runner import PipelineRun, StepFailedError, get_pipeline_run
-from loopml.training.steps import Pipeline, layered_params
+from loopml.training.steps import Pipeline
 
 STATUS_STYLES = {"ran": "green", "cached": "cyan", "kept": "cyan", "failed": "red", "not run": "dim"}
 
@@ -73,7 +73,7 @@ def train(
 def _run_pipeline(project: Project, pipeline: Pipeline, args: list[str], resume: str | None) -> None:
     if resume and args:
         raise ValidationError(f"--resume reuses run {resume}'s parameters; drop --param, or start a new run.")
-    params = None if resume else layered_params(pipeline, project.config, args)
+    params = None if resume else pipeline.parse_param_args(args)  # loopml.yaml's come in under them
     try:
         run = project.run_pipeline(
             pipeline,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from loopml.errors import NotFoundError, StoreUnavailableError, ValidationError
@@ -32,9 +32,10 @@ from loopml.registry.tables import (
     registered_model_tags,
     registered_models,
 )
-from loopml.storage.artifact_refs import StoredFile, add_refs, refs_of, release
+from loopml.storage.artifact_refs import StoredFile, add_refs, delete_unreferenced, refs_of, release
 from loopml.storage.artifacts import ArtifactStore
 from loopml.storage.metadata import MetadataStore
+from loopml.training.keys import check_key
 from loopml.training.pipeline import TrainedModel, TrainingSpec
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
@@ -298,7 +299,8 @@ class ModelRegistry:
         """The version's model file, validated."""
         if version.model_file is None:
             raise ValidationError(
-                f"Model {version.ref} has no model file; the database needs `loopml` 0004+."
+                f"Model {version.ref} has no model file in the metadata store: its schema predates migration "
+                "0004. Open the project once with this loopml version (any `loopml` command) to upgrade it."
             )
         return ModelFile.from_dict(version.model_file, source=f"{MODEL_FILE_NAME} of {version.ref}")
 
@@ -357,32 +359,23 @@ class ModelRegistry:
         _check_tag(key, value)
         if version is None:
             self._require_model(name)
-            table, keys = registered_model_tags, {"model_name": name}
         else:
             self.get_version(name, version)
-            table, keys = model_version_tags, {"model_name": name, "version": version}
+        table, scope, where = _tag_scope(name, version)
         with self.metadata.begin() as conn:
-            where = [table.c[k] == v for k, v in {**keys, "key": key}.items()]
-            conn.execute(delete(table).where(*where))
-            conn.execute(insert(table).values(**keys, key=key, value=value))
+            conn.execute(delete(table).where(*where, table.c.key == key))
+            conn.execute(insert(table).values(**scope, key=key, value=value))
 
     def delete_tag(self, name: str, key: str, *, version: int | None = None) -> None:
-        table = registered_model_tags if version is None else model_version_tags
-        where = [table.c.model_name == name, table.c.key == key]
-        if version is not None:
-            where.append(table.c.version == version)
+        table, _, where = _tag_scope(name, version)
         with self.metadata.begin() as conn:
-            conn.execute(delete(table).where(*where))
+            conn.execute(delete(table).where(*where, table.c.key == key))
 
     def tags(self, name: str, *, version: int | None = None) -> dict[str, str]:
-        table = registered_model_tags if version is None else model_version_tags
-        where = [table.c.model_name == name]
-        if version is not None:
-            where.append(table.c.version == version)
+        table, _, where = _tag_scope(name, version)
         with self.metadata.begin() as conn:
-            return dict(
-                conn.execute(select(table.c.key, table.c.value).where(*where).order_by(table.c.key)).all()
-            )
+            rows = conn.execute(select(table.c.key, table.c.value).where(*where).order_by(table.c.key)).all()
+        return dict(rows)
 
     # gate
     def record_gate(self, name: str, version: int, gate: dict[str, Any], *, actor: str = "loopml") -> None:
@@ -413,8 +406,7 @@ class ModelRegistry:
         self._refuse_if_used(name, version)
         with self.metadata.begin() as conn:
             unused = self._delete_version_rows(conn, target, actor, reason)
-        self._delete_blobs(unused)
-        return unused
+        return delete_unreferenced(self.metadata, self.artifacts, unused)
 
     def delete_model(self, name: str, *, actor: str = "loopml", reason: str = "") -> list[str]:
         """Delete a model with every version and file; refuse while an alias or endpoint uses any of it."""
@@ -437,8 +429,7 @@ class ModelRegistry:
                 reason=reason or f"deleted model '{name}'",
                 data={},
             )
-        self._delete_blobs(unused)
-        return unused
+        return delete_unreferenced(self.metadata, self.artifacts, unused)
 
     def _refuse_if_used(self, name: str, version: int | None) -> None:
         held = sorted(a for a, v in self.aliases(name).items() if version is None or v == version)
@@ -478,19 +469,20 @@ class ModelRegistry:
         self.metadata.bump_change_counter(conn)
         return unused
 
-    def _delete_blobs(self, digests: list[str]) -> None:
-        """After the commit: a crash here leaves an unreferenced blob, never a version without its files."""
-        for digest in digests:
-            self.artifacts.delete(digest)
-
     def _require_model(self, name: str) -> None:
         if name not in self.list_models():
             raise NotFoundError(f"No registered model named '{name}'; see `loopml models list`.")
 
 
+def _tag_scope(name: str, version: int | None) -> tuple[Table, dict[str, Any], list[Any]]:
+    """The tag table of a model (version None) or of one version, its key columns and the rows' condition."""
+    table = registered_model_tags if version is None else model_version_tags
+    scope = {"model_name": name} if version is None else {"model_name": name, "version": version}
+    return table, scope, [table.c[column] == value for column, value in scope.items()]
+
+
 def _check_tag(key: str, value: str) -> None:
-    if not key or len(key) > 250 or key != key.strip():
-        raise ValidationError(f"Tag key {key!r} must be 1-250 characters without surrounding spaces.")
+    check_key(key, "tag")
     if not isinstance(value, str):
         raise ValidationError(f"Tag '{key}' must have a string value, got {type(value).__name__}.")
 

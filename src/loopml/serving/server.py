@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,32 +30,6 @@ def serve(project: Project, host: str, port: int, log_level: str = "info") -> No
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     app = create_app(project, freeze_startup_heap=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
-
-
-class BackgroundServer:
-    """A real uvicorn server on loopback in a thread of this process (demo, tests)."""
-
-    def __init__(self, project: Project, host: str = "127.0.0.1", port: int = 0) -> None:
-        config = uvicorn.Config(
-            create_app(project), host=host, port=port, log_level="warning", access_log=False
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="loopml-serve", daemon=True)
-
-    def start(self, timeout: float = 30.0) -> str:
-        """Start serving and return the base URL once the server accepts requests."""
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("The loopml server did not start; see the log above for why.")
-            time.sleep(0.01)
-        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
-        return f"http://{host}:{port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 class ServerProcess:

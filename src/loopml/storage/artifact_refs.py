@@ -7,13 +7,14 @@ from the ArtifactStore once its transaction has committed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import BigInteger, Column, Connection, String, Table, delete, insert, select
 
-from loopml.storage.metadata import METADATA
+from loopml.storage.artifacts import ArtifactStore
+from loopml.storage.metadata import METADATA, MetadataStore
 from loopml.storage.types import UTCDateTime
 
 artifact_refs = Table(
@@ -67,3 +68,26 @@ def release(conn: Connection, owner: str) -> list[str]:
         conn.execute(select(artifact_refs.c.digest).where(artifact_refs.c.digest.in_(digests))).scalars()
     )
     return sorted(digests - still_used)
+
+
+def delete_unreferenced(
+    metadata: MetadataStore, artifacts: ArtifactStore, digests: Iterable[str]
+) -> list[str]:
+    """After the releasing transaction committed: delete the blobs among `digests` no owner references now.
+
+    References are read again first, so a blob another owner took up meanwhile stays. A crash before the
+    deletes leaves an unreferenced blob, never an owner without its files.
+    """
+    candidates = set(digests)
+    if not candidates:
+        return []
+    with metadata.begin() as conn:
+        used = set(
+            conn.execute(
+                select(artifact_refs.c.digest).where(artifact_refs.c.digest.in_(candidates))
+            ).scalars()
+        )
+    unused = sorted(candidates - used)
+    for digest in unused:
+        artifacts.delete(digest)
+    return unused

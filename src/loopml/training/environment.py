@@ -65,13 +65,18 @@ def installed_packages() -> dict[str, str]:
 def capture_environment(code_dir: Path | None = None, code: dict[str, Any] | None = None) -> dict[str, Any]:
     """The environment of this process for a run: interpreter, platform, packages and git state.
 
-    The git state comes from `code_dir` when given, else from the `code` version the caller already took,
-    else from the current directory.
+    The git state comes from `code_dir` when given, else from the `code` version the caller already took (no
+    commit there: the code is not in git), else from the current directory.
     """
     if code_dir is not None:
         git = git_state(code_dir)
-    elif code is not None and code.get("git_commit") is not None:
-        git = {"commit": code["git_commit"], "dirty": code.get("git_dirty"), "branch": None}
+    elif code is not None:
+        has_commit = code.get("git_commit") is not None
+        git = (
+            {"commit": code["git_commit"], "dirty": code.get("git_dirty"), "branch": None}
+            if has_commit
+            else None
+        )
     else:
         git = git_state(Path.cwd())
     return {

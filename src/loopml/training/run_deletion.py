@@ -6,7 +6,7 @@ Blobs are deleted only after the rows' transaction has committed, and only if no
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, delete, select, update
@@ -109,25 +109,6 @@ def delete_run_rows(
             data={"run_ids": plan.run_ids, "pipeline_run_ids": plan.pipeline_run_ids},
         )
     return plan, released
-
-
-def delete_unreferenced(
-    metadata: MetadataStore, artifacts: ArtifactStore | None, digests: Iterable[str]
-) -> list[str]:
-    """Delete the blobs among `digests` that no owner references (checked again, after the commit)."""
-    candidates = set(digests)
-    if not candidates or artifacts is None:
-        return []
-    with metadata.begin() as conn:
-        used = set(
-            conn.execute(
-                select(artifact_refs.c.digest).where(artifact_refs.c.digest.in_(candidates))
-            ).scalars()
-        )
-    unused = sorted(candidates - used)
-    for digest in unused:
-        artifacts.delete(digest)
-    return unused
 
 
 def _delete_rows(conn: Connection, plan: DeletionPlan) -> set[str]:

@@ -29,7 +29,7 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 from sqlalchemy import Connection, case, delete, insert, select, update
 
 from loopml.errors import LoopmlError, NotFoundError, ValidationError
-from loopml.storage.artifact_refs import StoredFile, add_refs, artifact_refs, release
+from loopml.storage.artifact_refs import StoredFile, add_refs, artifact_refs, delete_unreferenced, release
 from loopml.storage.artifacts import ArtifactStore
 from loopml.storage.metadata import MetadataStore
 from loopml.training.code_hash import code_hash
@@ -224,9 +224,7 @@ def delete_pipeline_run(metadata: MetadataStore, artifacts: ArtifactStore, pipel
             reason=f"pipeline run of '{row.pipeline}' deleted",
             data={"pipeline": row.pipeline, "deleted_artifacts": orphans},
         )
-    for digest in orphans:
-        artifacts.delete(digest)
-    return orphans
+    return delete_unreferenced(metadata, artifacts, orphans)
 
 
 def environment_digest() -> str:

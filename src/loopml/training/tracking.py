@@ -20,15 +20,15 @@ from sqlalchemy import Connection, delete, insert, select, update
 from loopml.clock import as_utc
 from loopml.data.tables import datasets
 from loopml.errors import LoopmlError, NotFoundError, ValidationError
-from loopml.storage.artifact_refs import StoredFile, add_refs, artifact_refs
+from loopml.storage.artifact_refs import StoredFile, add_refs, artifact_refs, delete_unreferenced
 from loopml.storage.artifacts import ArtifactStore
 from loopml.storage.metadata import MetadataStore
 from loopml.training.environment import capture_environment, code_version
+from loopml.training.keys import check_key
 from loopml.training.run_deletion import (
     DeletionPlan,
     RunUsageCheck,
     delete_run_rows,
-    delete_unreferenced,
     plan_deletion,
 )
 from loopml.training.run_search import (
@@ -44,7 +44,6 @@ from loopml.training.tracking_writer import METRIC, PARAM, TAG, TrackingWriter
 
 __all__ = ["DeletionPlan", "MetricPoint", "Run", "RunPage", "Tracker", "code_version"]
 
-MAX_KEY_LENGTH = 250
 # Params and tags are indexed by (key, value), and PostgreSQL's btree rows stop near 2.7 kB.
 MAX_VALUE_BYTES = 2000
 MAX_ARTIFACT_PATH = 500
@@ -373,7 +372,7 @@ class Tracker:
         )
         for deleted in plan.run_ids:
             self._params.pop(deleted, None)
-        deleted_blobs = delete_unreferenced(self.metadata, self.artifacts, released)
+        deleted_blobs = delete_unreferenced(self.metadata, self.artifacts, released) if self.artifacts else []
         return DeletionPlan(plan.run_ids, plan.pipeline_run_ids, plan.artifact_paths, deleted_blobs)
 
     # ------------------------------------------------------------------------------------------- helpers
@@ -390,16 +389,7 @@ class Tracker:
         self._params[run_id] = params
 
     def _check_key(self, key: Any, kind: str) -> None:
-        if not isinstance(key, str) or not key:
-            raise ValidationError(f"A {kind} name must be a non-empty string, got {key!r}.")
-        if len(key) > MAX_KEY_LENGTH:
-            raise ValidationError(
-                f"{kind.capitalize()} name '{key[:40]}...' has {len(key)} characters; the limit is {MAX_KEY_LENGTH}."
-            )
-        if key != key.strip():
-            raise ValidationError(
-                f"{kind.capitalize()} name {key!r} starts or ends with white space; strip it so searches find it."
-            )
+        check_key(key, kind)
         self._keys.add(key)
 
     def _param_value(self, key: str, value: Any) -> str:

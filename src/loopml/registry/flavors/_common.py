@@ -53,8 +53,8 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 def select(frame: Any, names: Sequence[str]) -> Any:
     """The frame's columns in the model's order; anything that is not a DataFrame passes through."""
-    if not isinstance(frame, pd.DataFrame) or not names:
-        return frame
+    if not isinstance(frame, pd.DataFrame) or not names or list(frame.columns) == list(names):
+        return frame  # already in order (the serving path builds it so): no copy per request
     missing = [name for name in names if name not in frame.columns]
     if missing:
         raise ValidationError(
