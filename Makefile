@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FEAST := .bench/feast
 MLFLOW := .bench/mlflow
 
-.PHONY: demo demo-quick test lint format clean bench-features bench-registry
+.PHONY: demo demo-quick test lint format clean bench-features bench-registry bench-serving
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ $(MLFLOW)/.installed: benchmarks/requirements-mlflow.txt $(VENV)/.installed-dev
 
 bench-registry: $(VENV)/.installed $(MLFLOW)/.installed
 	$(BIN)/python benchmarks/registry.py
+
+# loopml serve under open-loop load (LightGBM models, so the dev extras), against `mlflow models serve`.
+bench-serving: $(VENV)/.installed-dev $(MLFLOW)/.installed
+	$(BIN)/python benchmarks/serving.py
 
 bench-features: $(VENV)/.installed $(FEAST)/.installed
 	$(BIN)/python benchmarks/features.py

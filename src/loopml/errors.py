@@ -32,3 +32,11 @@ class StoreUnavailableError(LoopmlError):
 
 class MaterializationError(LoopmlError):
     """Materialising one or more feature views failed; the others were written and every run is recorded."""
+
+
+class NotReadyError(LoopmlError):
+    """What a request needs is not being served right now (an unloaded endpoint, a full batch queue)."""
+
+
+class PayloadTooLargeError(ValidationError):
+    """A request body over the server's size limit."""

@@ -25,6 +25,9 @@ COMMANDS = [
     "runs",
     "monitor",
     "policy",
+    "endpoints",
+    "feedback",
+    "batch-score",
 ]
 
 
@@ -146,7 +149,7 @@ def test_train_models_deploy_policy_and_controller_from_the_command_line(tmp_pat
     run("models", "alias", "toy", "champion", "2", "--reason", "manual promotion")
     history = run("models", "history", "toy", "champion")
     assert "manual promotion" in history and "v1" in history and "v2" in history
-    assert "endpoint 'toy' → toy@champion" in run("deploy", "toy", "toy")
+    assert "endpoint 'toy' → primary toy@champion (primary, 100%)" in run("deploy", "toy", "--model", "toy")
     assert "endpoint.deployed" in run("events", "--kind", "endpoint.deployed")
     assert "toy_drift" in run("policy", "list")
     assert "toy_drift: skipped: only 0 predictions" in " ".join(run("controller", "--once").split())

@@ -78,7 +78,7 @@ def test_an_mlflow_model_imports_serves_its_predictions_and_exports_back(
     assert result.exit_code == 0, result.output
     version = project.registry.resolve("imported@champion")
     assert [c.name for c in project.registry.model_file(version).signature.inputs] == ["amount", "risk"]
-    result = runner.invoke(app, ["deploy", "imported_ep", "imported", *where])
+    result = runner.invoke(app, ["deploy", "imported_ep", "--model", "imported@champion", *where])
     assert result.exit_code == 0, result.output
 
     with TestClient(create_app(project)) as client:

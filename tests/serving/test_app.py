@@ -119,7 +119,7 @@ def test_an_entity_key_past_64_bits_is_answered_and_logged(served) -> None:
             "/v1/endpoints/toy/predict",
             {"entities": {"user_id": 1}, "inputs": {"amount": "lots", "channel": "web"}},
             400,
-            "could not score",
+            "Input 'amount' must be a number (double) but row 0 has 'lots'",
         ),
         ("/v1/feedback", {"prediction_id": "x"}, 400, "label"),
     ],
@@ -147,8 +147,8 @@ def test_metrics_are_exposed_in_prometheus_format(served) -> None:
     _, client = served
     predict(client)
     text = client.get("/metrics").text
-    assert 'loopml_predictions_total{endpoint="toy"} 1.0' in text
-    assert "loopml_prediction_latency_seconds_bucket" in text
+    assert 'loopml_requests_total{endpoint="toy",status="200",version="1"} 1.0' in text
+    assert 'loopml_request_duration_seconds_count{endpoint="toy",version="1"} 1.0' in text
 
 
 def test_a_version_that_fails_to_load_leaves_the_current_one_serving(served) -> None:

@@ -2,7 +2,20 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from loopml.serving.prediction_log import LABEL_SCHEMA, BatchWriter
+import pyarrow as pa
+
+from loopml.serving.prediction_log import (
+    LABEL_SCHEMA,
+    LABELS,
+    PREDICTION_SCHEMA,
+    PREDICTIONS,
+    BatchWriter,
+    append_by_day,
+    day_partition,
+    read_labelled_predictions,
+    read_predictions,
+    record_table,
+)
 from loopml.storage.offline import OfflineStore
 
 T0 = datetime(2026, 1, 1, 23, 59, tzinfo=UTC)
@@ -93,3 +106,153 @@ def test_a_failed_write_is_kept_reported_and_retried(tmp_path: Path) -> None:
     assert sorted(offline.read("labels").prediction_id) == ["p0", "p1", "p2"]
     assert writer.dropped == 0
     writer.close()
+
+
+def test_close_right_after_a_burst_writes_every_acknowledged_record(tmp_path: Path) -> None:
+    offline = OfflineStore(tmp_path)
+    writer = BatchWriter(offline, "labels", LABEL_SCHEMA, batch_size=50_000, flush_seconds=3600)
+    accepted = sum(writer.put(label(i)) for i in range(20_000))
+    assert writer.depth > 0  # nothing was due yet: no full batch, no timer
+    writer.close()
+    assert accepted == 20_000 and writer.dropped == 0
+    assert offline.read("labels").prediction_id.nunique() == 20_000
+    assert writer.depth == 0
+
+
+def test_depth_counts_queued_records_and_a_closed_writer_refuses(tmp_path: Path) -> None:
+    offline = OfflineStore(tmp_path)
+    writer = BatchWriter(offline, "labels", LABEL_SCHEMA, batch_size=1000, flush_seconds=3600)
+    assert writer.depth == 0
+    for i in range(3):
+        writer.put(label(i))
+    assert writer.depth == 3
+    writer.flush()
+    assert writer.depth == 0
+    writer.close()
+    writer.close()  # a second close does nothing
+    assert not writer.put(label(3))
+    assert writer.dropped == 1
+    assert len(offline.read("labels")) == 3
+
+
+def test_depth_includes_records_kept_after_a_failed_write(tmp_path: Path) -> None:
+    import pytest
+
+    from loopml.errors import StoreUnavailableError
+
+    offline = OfflineStore(tmp_path)
+
+    def failing_append(*args, **kwargs):
+        raise OSError(13, "Permission denied")
+
+    offline.append = failing_append
+    writer = BatchWriter(offline, "labels", LABEL_SCHEMA, batch_size=1000, flush_seconds=3600)
+    for i in range(4):
+        writer.put(label(i))
+    with pytest.raises(StoreUnavailableError):
+        writer.flush()
+    assert writer.depth == 4
+    with pytest.raises(StoreUnavailableError):
+        writer.close()
+
+
+def prediction(i: int, route: str | None = "primary", served: bool | None = True, **fields) -> dict:
+    return {
+        "prediction_id": f"p{i}",
+        "ts": T0 + timedelta(seconds=i),
+        "endpoint": "fraud",
+        "model_name": "fraud",
+        "model_version": 1,
+        "output": i / 10,
+        "route": route,
+        "served": served,
+        **fields,
+    }
+
+
+def write_predictions(offline: OfflineStore, records: list[dict]) -> None:
+    writer = BatchWriter(offline, PREDICTIONS, PREDICTION_SCHEMA, flush_seconds=3600)
+    for record in records:
+        assert writer.put(record)
+    writer.close()
+
+
+WINDOW = (T0 - timedelta(days=1), T0 + timedelta(days=1))
+
+
+def test_readers_return_served_predictions_unless_shadow_ones_are_asked_for(tmp_path: Path) -> None:
+    offline = OfflineStore(tmp_path)
+    write_predictions(
+        offline,
+        [
+            prediction(0),
+            prediction(1, route="canary"),
+            prediction(2, route="shadow-v2", served=False, model_version=2),
+            prediction(3, served=None),  # a record that says nothing is a served one
+        ],
+    )
+    writer = BatchWriter(offline, LABELS, LABEL_SCHEMA)
+    for i in range(4):
+        writer.put(label(i, T0 + timedelta(hours=1)))
+    writer.close()
+
+    assert read_predictions(offline, "fraud", *WINDOW).prediction_id.tolist() == ["p0", "p1", "p3"]
+    everything = read_predictions(offline, "fraud", *WINDOW, include_shadow=True)
+    assert everything.prediction_id.tolist() == ["p0", "p1", "p2", "p3"]
+    assert everything.served.tolist() == [True, True, False, True]
+    assert everything.route.tolist() == ["primary", "canary", "shadow-v2", "primary"]
+    assert read_predictions(offline, "fraud", *WINDOW, route="canary").prediction_id.tolist() == ["p1"]
+    assert read_predictions(offline, "fraud", *WINDOW, route="shadow-v2").empty
+    shadow = read_predictions(offline, "fraud", *WINDOW, route="shadow-v2", include_shadow=True)
+    assert shadow.model_version.tolist() == [2]
+
+    until = T0 + timedelta(days=1)
+    labelled = read_labelled_predictions(offline, "fraud", *WINDOW, labels_until=until)
+    assert labelled.prediction_id.tolist() == ["p0", "p1", "p3"]
+    assert read_labelled_predictions(
+        offline, "fraud", *WINDOW, labels_until=until, include_shadow=True
+    ).prediction_id.tolist() == ["p0", "p1", "p2", "p3"]
+    by_route = read_labelled_predictions(offline, "fraud", *WINDOW, labels_until=until, route="canary")
+    assert by_route.prediction_id.tolist() == ["p1"] and by_route.label.tolist() == [1.0]
+
+
+OLD_SCHEMA = pa.schema([f for f in PREDICTION_SCHEMA if f.name not in ("route", "served")])
+
+
+def test_files_written_before_route_and_served_existed_read_as_served(tmp_path: Path) -> None:
+    offline = OfflineStore(tmp_path)
+    old = [prediction(i) for i in range(2)]
+    offline.append(PREDICTIONS, record_table(old, OLD_SCHEMA), partition=day_partition(T0))
+    only_old = read_predictions(offline, "fraud", *WINDOW)
+    assert list(only_old.columns) == PREDICTION_SCHEMA.names
+    assert only_old.prediction_id.tolist() == ["p0", "p1"]
+    assert only_old.served.tolist() == [True, True] and only_old.route.isna().all()
+    assert read_predictions(offline, "fraud", *WINDOW, route="primary").empty
+
+    write_predictions(offline, [prediction(5, route="shadow", served=False), prediction(6, route="primary")])
+    mixed = read_predictions(offline, "fraud", *WINDOW, include_shadow=True)
+    assert mixed.prediction_id.tolist() == ["p0", "p1", "p5", "p6"]
+    assert mixed.served.tolist() == [True, True, False, True]
+    assert read_predictions(offline, "fraud", *WINDOW).prediction_id.tolist() == ["p0", "p1", "p6"]
+    labels = BatchWriter(offline, LABELS, LABEL_SCHEMA)
+    labels.put(label(0, T0 + timedelta(hours=1)))
+    labels.close()
+    labelled = read_labelled_predictions(offline, "fraud", *WINDOW, labels_until=T0 + timedelta(days=1))
+    assert labelled.prediction_id.tolist() == ["p0"] and labelled.served.tolist() == [True]
+
+
+def test_empty_logs_read_as_empty_frames_with_every_column(tmp_path: Path) -> None:
+    offline = OfflineStore(tmp_path)
+    assert list(read_predictions(offline, "fraud", *WINDOW).columns) == PREDICTION_SCHEMA.names
+    labelled = read_labelled_predictions(offline, "fraud", *WINDOW, labels_until=T0)
+    assert list(labelled.columns) == [*PREDICTION_SCHEMA.names, "label"]
+
+
+def test_append_by_day_uses_the_writers_partitions(tmp_path: Path) -> None:
+    offline = OfflineStore(tmp_path)
+    rows = [label(0, T0), label(1, T0 + timedelta(minutes=5)), label(2, T0 + timedelta(days=3))]
+    assert append_by_day(offline, LABELS, record_table(rows, LABEL_SCHEMA)) == 3
+    folders = sorted(p.name for p in (tmp_path / LABELS).iterdir())
+    assert folders == [day_partition(T0), day_partition(T0 + timedelta(minutes=5)), "date=2026-01-04"]
+    assert folders[:2] == ["date=2026-01-01", "date=2026-01-02"]
+    assert sorted(offline.read(LABELS).prediction_id) == ["p0", "p1", "p2"]

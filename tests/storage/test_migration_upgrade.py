@@ -136,6 +136,7 @@ def write_first_schema_rows(conn: sa.Connection, digests: dict[int, str]) -> Non
             created_at=T0 + timedelta(minutes=5 * version),
         )
     insert("model_aliases", model_name="toy", alias="champion", version=2, updated_at=SECOND_MOVE)
+    insert("endpoints", name="scoring", model_name="toy", alias="champion", created_at=T0, updated_at=T0)
     for moment, before, after in ((FIRST_MOVE, None, 1), (SECOND_MOVE, 1, 2)):
         insert(
             "events",
@@ -223,8 +224,18 @@ def test_a_first_schema_database_upgrades_to_head_with_its_data(engine: sa.Engin
             (2, SECOND_MOVE, None, "ci", "promote v2"),
         ]
 
+        routes = q("SELECT endpoint, name, model_name, alias, version, mode, weight FROM endpoint_routes")
+        assert [tuple(r) for r in routes] == [
+            ("scoring", "primary", "toy", "champion", None, "primary", 100.0)
+        ]
+        assert [tuple(r) for r in q("SELECT name, salt, settings FROM endpoints")] == [
+            ("scoring", "scoring", "{}")
+        ]
+
     alembic(engine, "downgrade", "0003")
     with engine.connect() as conn:
+        endpoints = conn.execute(sa.text("SELECT name, model_name, alias FROM endpoints")).all()
+        assert [tuple(r) for r in endpoints] == [("scoring", "toy", "champion")]
         tables = set(sa.inspect(conn).get_table_names())
         assert "alias_history" not in tables and "artifact_refs" not in tables
         assert {c["name"] for c in sa.inspect(conn).get_columns("model_versions")} >= {

@@ -10,9 +10,12 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from loopml.cli import features, models, monitor, runs
+from loopml.cli import endpoints, features, models, monitor, runs
+from loopml.cli.batch import batch_score
 from loopml.cli.common import ProjectOption, console, err_console, open_project, parse_duration, parse_time
 from loopml.cli.definitions import collect
+from loopml.cli.endpoints import deploy
+from loopml.cli.feedback import feedback
 from loopml.cli.materialize import materialize
 from loopml.cli.train import train
 from loopml.config import write_config
@@ -21,7 +24,6 @@ from loopml.features import Entity, FeatureService, FeatureView, OnDemandFeature
 from loopml.features.registry import AppliedChange
 from loopml.loop.controller import Controller
 from loopml.loop.policy import DriftRetrainPolicy, apply_policies, list_policies, plan_policies
-from loopml.serving.endpoints import deploy as deploy_endpoint
 
 app = typer.Typer(
     help="loopml: features, training, registry, serving, monitoring and automatic retraining in one loop.",
@@ -30,6 +32,7 @@ app = typer.Typer(
 )
 app.add_typer(models.app, name="models")
 app.add_typer(runs.app, name="runs")
+app.add_typer(endpoints.app, name="endpoints")
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(features.features_app, name="features")
 app.add_typer(features.datasets_app, name="datasets")
@@ -137,17 +140,9 @@ app.command()(materialize)
 app.command()(train)
 
 
-@app.command()
-def deploy(
-    endpoint: str,
-    model: str,
-    alias: str = typer.Option("champion", help="The model alias the endpoint follows."),
-    project_dir: Path = ProjectOption,
-) -> None:
-    """Create or repoint an endpoint; running servers pick the change up within a second."""
-    project = open_project(project_dir)
-    deploy_endpoint(project.metadata, project.registry, endpoint, model, alias, actor="cli")
-    console.print(f"endpoint '{endpoint}' → {model}@{alias}")
+app.command()(deploy)
+app.command()(feedback)
+app.command("batch-score")(batch_score)
 
 
 @app.command()

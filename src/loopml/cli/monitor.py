@@ -8,8 +8,9 @@ import typer
 from rich.table import Table
 
 from loopml.cli.common import ProjectOption, console, open_project, parse_duration, parse_time
+from loopml.errors import ValidationError
 from loopml.monitoring.model_drift import model_drift
-from loopml.serving.endpoints import get_endpoint
+from loopml.serving.endpoints import get_endpoint, route_versions
 
 app = typer.Typer(help="Drift and health of deployed models.", no_args_is_help=True)
 
@@ -24,8 +25,10 @@ def drift(
 ) -> None:
     """Per-feature drift between the served model's training set and recent predictions."""
     project = open_project(project_dir)
-    target = get_endpoint(project.metadata, endpoint)
-    version = project.registry.resolve(f"{target.model_name}@{target.alias}")
+    served = route_versions(project.registry, get_endpoint(project.metadata, endpoint))
+    if "primary" not in served:
+        raise ValidationError(f"Endpoint '{endpoint}' serves no version: its primary route's alias is unset.")
+    version = served["primary"]
     end = parse_time(at, project)
     report = model_drift(
         project.metadata,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,6 +48,8 @@ def push(online: OnlineStore, view: FeatureView, rows: Sequence[Mapping[str, Any
                 + f"; send the join keys {list(view.join_keys)}, '{view.source.timestamp_field}' and "
                 f"{columns} (null for none)."
             )
+        for column in columns:
+            _check_value(view, column, row[column], index)
         key = entity_key([row[k] for k in view.join_keys])
         parsed.append(
             (key, _event_time(row[view.source.timestamp_field], view, index), {c: row[c] for c in columns})
@@ -54,6 +58,43 @@ def push(online: OnlineStore, view: FeatureView, rows: Sequence[Mapping[str, Any
     if view.aggregations:
         return online.write_events(view.name, EventWrite(parsed, keep_from=now_ts - view.ttl.total_seconds()))
     return online.write(view.name, [(key, ts, now_ts, values) for key, ts, values in parsed])
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _check_value(view: FeatureView, column: str, value: Any, index: int) -> None:
+    """Refuse a pushed value its field's dtype cannot hold (null is always allowed: no value)."""
+    if value is None:
+        return
+    dtype = _column_dtype(view, column)
+    if dtype == "float64":
+        ok = (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and abs(value) <= sys.float_info.max
+        )
+        ok = ok and not (isinstance(value, float) and math.isnan(value))
+        what = "a finite number"
+    elif dtype == "int64":
+        ok = isinstance(value, int) and not isinstance(value, bool) and _INT64[0] <= value <= _INT64[1]
+        what = "an integer within 64 bits"
+    elif dtype == "string":
+        ok, what = isinstance(value, str), "a string"
+    elif dtype == "bool":
+        ok, what = isinstance(value, bool), "true or false"
+    else:
+        return
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ValidationError(
+            f"Row {index} pushed to '{view.name}': '{column}' must be {what} ({dtype}), got {shown}."
+        )
+
+
+def _column_dtype(view: FeatureView, column: str) -> str | None:
+    """A pushed column's declared dtype (an aggregation view's source columns have none)."""
+    return view.source_columns.get(column)
 
 
 def _event_time(value: Any, view: FeatureView, index: int) -> float:

@@ -32,10 +32,27 @@ def describe_errors(errors: list[Any]) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors)
 
 
-def openapi_body(model: type[pydantic.BaseModel]) -> dict[str, Any]:
-    """The OpenAPI request body of a route that parses `model` itself."""
-    schema = model.model_json_schema()
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+def openapi_body(model: type[pydantic.BaseModel], *, required: bool = True) -> dict[str, Any]:
+    """The OpenAPI request body of a route that parses `model` itself, with nested models written inline
+    (pydantic's `#/$defs/...` references would point nowhere inside the OpenAPI document)."""
+    schema = _inline_refs(model.model_json_schema())
+    return {"requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}}
+
+
+def _inline_refs(schema: dict[str, Any]) -> Any:
+    defs = schema.get("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items() if key != "$defs"}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    return inline(schema)
 
 
 def json_bytes(payload: Any) -> bytes:

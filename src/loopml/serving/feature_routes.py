@@ -7,6 +7,7 @@ feature lookup log (the skew check's input).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -113,11 +114,13 @@ def feature_routes(
             }
         )
 
-    @api.post("/push")
-    def push(body: PushRequest) -> dict[str, int]:
+    @api.post("/push", openapi_extra=openapi_body(PushRequest))
+    async def push(request: Request) -> dict[str, int]:
         """Write fresh values (or, for an aggregation view, events) straight to the online store."""
+        body = parse_body(PushRequest, await request.body())
         view = router.feature_view(body.view)
-        return {"written": push_rows(project.online, view, body.rows, now=project.clock.now())}
+        now = project.clock.now()
+        return {"written": await asyncio.to_thread(push_rows, project.online, view, body.rows, now=now)}
 
     return api
 

@@ -3,6 +3,9 @@
 The serving hot path only appends a record to a bounded queue. A writer thread turns batches into Parquet files
 partitioned by day; `flush()` waits until everything queued so far is on disk (or says why it is not), and
 `close()` flushes before the server exits. A full queue refuses the record and counts the drop.
+
+Readers see served predictions only unless asked: a shadow route's predictions are logged with
+`served = false`. Files written before the `route` and `served` columns existed read as served, route null.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from loopml.clock import as_utc
 from loopml.errors import StoreUnavailableError
-from loopml.storage.offline import OfflineStore
+from loopml.storage.offline import OfflineStore, quote
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +45,14 @@ PREDICTION_SCHEMA = pa.schema(
         ("inputs", pa.string()),
         ("output", pa.float64()),
         ("latency_seconds", pa.float64()),
+        ("route", pa.string()),  # the endpoint route that made it: primary, canary, a shadow or an arm
+        ("served", pa.bool_()),  # false for shadow predictions, logged but never returned
     ]
 )
 LABEL_SCHEMA = pa.schema(
     [("prediction_id", pa.string()), ("label", pa.float64()), ("ts", pa.timestamp("us", tz="UTC"))]
 )
+PARTITION_FORMAT = "date=%Y-%m-%d"  # records are partitioned by their UTC day
 
 
 @dataclass
@@ -86,6 +94,7 @@ class BatchWriter:
         self._flushes: collections.deque[_FlushRequest] = collections.deque()
         self._wake = threading.Event()
         self._stopping = False
+        self._held = 0  # records the writer thread has taken but not yet written
         self._on_drop = on_drop
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name=f"loopml-{dataset}-writer", daemon=True)
@@ -94,8 +103,11 @@ class BatchWriter:
     def put(self, record: Any, timeout: float | None = None) -> bool:
         """Queue a record (or an item for `expand`), waiting up to `timeout` seconds for room (by default not at all).
 
-        Returns False, and counts a drop, when the queue stayed full.
+        Returns False, and counts a drop, when the queue stayed full or the writer is closed.
         """
+        if self._stopping:
+            self._drop(1)
+            return False
         if len(self._items) >= self.max_queue:
             deadline = time.monotonic() + (timeout or 0.0)
             while len(self._items) >= self.max_queue and time.monotonic() < deadline:
@@ -109,8 +121,16 @@ class BatchWriter:
             self._wake.set()
         return True
 
+    @property
+    def depth(self) -> int:
+        """Items not yet on disk: queued ones plus records the writer holds (being written, or kept after a
+        failed write). Read by the queue-depth gauge."""
+        return len(self._items) + self._held
+
     def flush(self, timeout: float = 30.0) -> None:
         """Block until every record queued before this call is written; raise if that cannot be done."""
+        if not self._thread.is_alive():
+            raise StoreUnavailableError(f"The {self.dataset} writer is closed; nothing more can be flushed.")
         request = _FlushRequest()
         self._flushes.append(request)
         self._wake.set()
@@ -126,7 +146,12 @@ class BatchWriter:
             )
 
     def close(self, timeout: float = 30.0) -> None:
-        """Flush, then stop the thread; records still unwritten after a failed flush are logged as lost."""
+        """Flush, then stop the thread; records still unwritten after a failed flush are logged as lost.
+
+        Records put while closing are written too; once closed, `put` refuses. Closing twice does nothing.
+        """
+        if self._stopping:
+            return
         try:
             self.flush(timeout)
         finally:
@@ -156,11 +181,13 @@ class BatchWriter:
                 if taken and not pending:
                     oldest = since
                 pending.extend(taken)
+                self._held = len(pending)
                 full = len(pending) >= self.batch_size
                 if pending and (
                     flushes or stopping or full or time.monotonic() >= oldest + self.flush_seconds
                 ):
                     pending, error = self._write(pending)
+                    self._held = len(pending)
                     oldest = time.monotonic() if pending else math.inf
                 if error is not None or not (flushes or stopping) or not self._items:
                     break
@@ -193,17 +220,17 @@ class BatchWriter:
         """Write records day by day; returns the records still unwritten and the error that stopped them."""
         by_day: dict[str, list[dict[str, Any]]] = {}
         for record in records:
-            by_day.setdefault(record["ts"].strftime("%Y-%m-%d"), []).append(record)
+            by_day.setdefault(day_partition(record["ts"]), []).append(record)
         days = list(by_day)
         for index, day in enumerate(days):
             try:
-                table = _table(by_day[day], self.schema)
+                table = record_table(by_day[day], self.schema)
             except (pa.ArrowException, TypeError, ValueError):
                 logger.exception("Dropping %d malformed %s records", len(by_day[day]), self.dataset)
                 self._drop(len(by_day[day]))
                 continue
             try:
-                self.offline.append(self.dataset, table, partition=f"date={day}")
+                self.offline.append(self.dataset, table, partition=day)
             except OSError as exc:
                 remaining = [record for later in days[index:] for record in by_day[later]]
                 logger.error("Writing %d %s records failed (%s); retrying", len(remaining), self.dataset, exc)
@@ -217,30 +244,63 @@ class BatchWriter:
                 self._on_drop()
 
 
-def _table(records: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+def day_partition(ts: datetime) -> str:
+    """The partition folder of a record: its UTC day (a naive time is taken to be UTC)."""
+    return as_utc(ts).strftime(PARTITION_FORMAT)
+
+
+def append_by_day(offline: OfflineStore, dataset: str, table: pa.Table) -> int:
+    """Append a table with a UTC `ts` column as one file per day, in the partitions the writer uses;
+    returns the rows written."""
+    if table.num_rows == 0:
+        return 0
+    days = pc.strftime(table["ts"], format=PARTITION_FORMAT)
+    for day in pc.unique(days).to_pylist():
+        offline.append(dataset, table.filter(pc.equal(days, day)), partition=day)
+    return table.num_rows
+
+
+def record_table(records: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     """Records as a table, built column by column (a third of `Table.from_pylist`'s time, all of it holding
     the GIL that requests wait for); a field a record lacks is null."""
     return pa.table({name: [record.get(name) for record in records] for name in schema.names}, schema=schema)
 
 
-def read_predictions(offline: OfflineStore, endpoint: str, start: datetime, end: datetime) -> pd.DataFrame:
-    """Predictions of an endpoint with start <= ts < end, oldest first."""
+def read_predictions(
+    offline: OfflineStore,
+    endpoint: str,
+    start: datetime,
+    end: datetime,
+    *,
+    include_shadow: bool = False,
+    route: str | None = None,
+) -> pd.DataFrame:
+    """Predictions of an endpoint with start <= ts < end, oldest first: the served ones, and with
+    `include_shadow` the shadow routes' too; `route` keeps one route's only."""
     if not offline.exists(PREDICTIONS):
         return pd.DataFrame(columns=PREDICTION_SCHEMA.names)
+    where, params = _prediction_filter("", endpoint, start, end, include_shadow, route)
     with offline.connect() as conn:
         return conn.execute(
-            f"SELECT * FROM {offline.scan(PREDICTIONS)} "
-            "WHERE endpoint = ? AND ts >= ? AND ts < ? ORDER BY ts, prediction_id",
-            [endpoint, start, end],
+            f"SELECT * FROM {_predictions(offline)} WHERE {where} ORDER BY ts, prediction_id", params
         ).df()
 
 
 def read_labelled_predictions(
-    offline: OfflineStore, endpoint: str, start: datetime, end: datetime, *, labels_until: datetime
+    offline: OfflineStore,
+    endpoint: str,
+    start: datetime,
+    end: datetime,
+    *,
+    labels_until: datetime,
+    include_shadow: bool = False,
+    route: str | None = None,
 ) -> pd.DataFrame:
-    """Predictions in [start, end) joined to their latest label recorded no later than `labels_until`."""
+    """Predictions in [start, end) joined to their latest label recorded no later than `labels_until`;
+    served ones only unless `include_shadow`, one route's only with `route`."""
     if not offline.exists(PREDICTIONS) or not offline.exists(LABELS):
         return pd.DataFrame(columns=[*PREDICTION_SCHEMA.names, "label"])
+    where, params = _prediction_filter("p.", endpoint, start, end, include_shadow, route)
     with offline.connect() as conn:
         return conn.execute(
             f"""
@@ -250,10 +310,43 @@ def read_labelled_predictions(
                 QUALIFY row_number() OVER (PARTITION BY prediction_id ORDER BY ts DESC) = 1
             )
             SELECT p.*, latest.label
-            FROM {offline.scan(PREDICTIONS)} AS p
+            FROM {_predictions(offline)} AS p
             JOIN latest USING (prediction_id)
-            WHERE p.endpoint = ? AND p.ts >= ? AND p.ts < ?
+            WHERE {where}
             ORDER BY p.ts, p.prediction_id
             """,
-            [labels_until, endpoint, start, end],
+            [labels_until, *params],
         ).df()
+
+
+_SQL_TYPES = {
+    pa.string(): "VARCHAR",
+    pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+    pa.int64(): "BIGINT",
+    pa.float64(): "DOUBLE",
+    pa.bool_(): "BOOLEAN",
+}
+
+
+def _predictions(offline: OfflineStore) -> str:
+    """The prediction log with every column of PREDICTION_SCHEMA, whichever schema its files were written
+    with: a column no file has reads as null, and `served` null (files older than the column) as true."""
+    typed = ", ".join(f"NULL::{_SQL_TYPES[f.type]} AS {quote(f.name)}" for f in PREDICTION_SCHEMA)
+    return (
+        f"(SELECT * REPLACE (coalesce(served, true) AS served) FROM ("
+        f"SELECT {typed} WHERE false UNION ALL BY NAME SELECT * FROM {offline.scan(PREDICTIONS)}))"
+    )
+
+
+def _prediction_filter(
+    prefix: str, endpoint: str, start: datetime, end: datetime, include_shadow: bool, route: str | None
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) shared by the readers."""
+    conditions = [f"{prefix}endpoint = ?", f"{prefix}ts >= ?", f"{prefix}ts < ?"]
+    params: list[Any] = [endpoint, start, end]
+    if not include_shadow:
+        conditions.append(f"{prefix}served")
+    if route is not None:
+        conditions.append(f"{prefix}route = ?")
+        params.append(route)
+    return " AND ".join(conditions), params

@@ -77,11 +77,11 @@ class ServerProcess:
         self.stop()
         raise RuntimeError(f"`loopml serve` was not ready within {timeout} s; see {self.log_path}.")
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0, sig: signal.Signals = signal.SIGINT) -> None:
         """Ask for a graceful shutdown (the prediction log is flushed), then wait for it."""
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGINT)
+        self.process.send_signal(sig)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
