@@ -145,7 +145,8 @@ def test_a_definition_listed_twice_applies_once_and_two_different_ones_are_refus
 def test_deleting_a_view_a_deployed_model_reads_is_refused(project: Project) -> None:
     train_and_deploy(project, build_world(project, n_users=10, days=3, per_day=20))
     with pytest.raises(
-        ValidationError, match=r"Cannot delete feature view 'users': endpoint 'toy' route 'primary' \(model toy/1\)"
+        ValidationError,
+        match=r"Cannot delete feature view 'users': endpoint 'toy' route 'primary' \(model toy/1\)",
     ):
         project.plan([USER], prune=True)
     with pytest.raises(ValidationError, match="endpoint 'toy'"):
