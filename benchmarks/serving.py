@@ -1179,7 +1179,7 @@ def arguments() -> argparse.Namespace:
         default=2,
         help="steps halving the gap between the last passing and failing rate",
     )
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per step")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds measured per step")
     parser.add_argument(
         "--warmup", type=float, default=1.5, help="seconds of unmeasured load before each step"
     )

@@ -14,6 +14,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -224,7 +225,7 @@ class AdaptiveBatcher:
     def _call(self, batch: list[_Pending]) -> np.ndarray:
         # Runs inline on the event loop: the models served here are small CPU models, for which a hop to a
         # thread costs more than the call itself, and one call at a time is what batching is for.
-        frame = batch[0].frame if len(batch) == 1 else pd.concat([p.frame for p in batch], ignore_index=True)
+        frame = batch[0].frame if len(batch) == 1 else _concat([p.frame for p in batch])
         if self.on_batch is not None:
             self.on_batch(len(frame))
         output = np.asarray(self.score(frame))
@@ -278,3 +279,10 @@ def _check_settings(name: str, max_batch_size: int, max_wait_seconds: float, tim
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _concat(frames: list[Any]) -> Any:
+    """Requests' inputs as one: frames row-wise, or the matrices a scorer builds for numeric-only models."""
+    if isinstance(frames[0], np.ndarray):
+        return np.concatenate(frames)
+    return pd.concat(frames, ignore_index=True)

@@ -55,7 +55,7 @@ class Scorer:
 
     def frame(
         self, columns: Columns, rows: int, *, nullable: frozenset[str] = frozenset(), where: str = ""
-    ) -> pd.DataFrame:
+    ) -> pd.DataFrame | np.ndarray:
         """The model's input frame from request columns; refuses missing, unknown or mistyped values, and
         null ones outside `nullable` (those reach the model as NaN)."""
         unknown = [name for name in columns if name not in self.names]
@@ -75,7 +75,21 @@ class Scorer:
                     f"Input '{column.name}'{where} has {len(values)} values for {rows} rows; send one per row."
                 )
             data[column.name] = self._values(column, values, column.name in nullable, where)
-        return pd.DataFrame(data, copy=False)
+        if self.takes_matrix:
+            return np.column_stack([np.asarray(v, dtype=np.float64) for v in data.values()])
+        return pd.DataFrame(data, columns=self._index, copy=False)
+
+    @functools.cached_property
+    def takes_matrix(self) -> bool:
+        """Whether the model scores a float64 matrix of its inputs in order as it would their frame (a numeric
+        LightGBM booster): building a one-row DataFrame costs more than scoring it."""
+        return bool(getattr(self.model, "takes_matrix", False)) and all(
+            c.type in _NUMERIC for c in self.columns
+        )
+
+    @functools.cached_property
+    def _index(self) -> pd.Index:
+        return pd.Index(self.input_names, dtype=object)  # built once: pandas infers string dtypes per call
 
     def scores(self, frame: pd.DataFrame) -> np.ndarray:
         """A binary classifier's positive-class probability, a multi-class one's probabilities (2-D), or a

@@ -7,16 +7,19 @@ wrapper did.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from loopml.registry.flavors._common import config_problems, input_names, jsonable, read, select
 
 NAME = "lightgbm"
 FILE = "model.txt"
+SMALL_BATCH_ROWS = 64  # scored on one thread (a request, not a batch job)
 _CLASSIFICATION = ("binary", "multiclass", "softmax", "multiclassova", "multiclass_ova", "ova", "ovr")
 
 
@@ -72,8 +75,30 @@ class LightGBMModel:
         self.model_class = model_class
         self.objective = objective
 
+    @property
+    def takes_matrix(self) -> bool:
+        """Whether a float64 matrix of the columns in order scores as their frame does (no pandas categories)."""
+        return not self.booster.pandas_categorical
+
     def predict(self, frame: Any) -> np.ndarray:
-        return np.asarray(self.booster.predict(select(frame, self.columns)))
+        return np.asarray(self._booster_predict(frame))
+
+    def _booster_predict(self, frame: Any) -> Any:
+        """The booster's output for the frame's rows.
+
+        A frame of plain numbers goes in as a float64 array, which is what LightGBM turns it into itself, after
+        a pandas walk that costs more than scoring a few rows. A few rows are scored on one thread: starting
+        LightGBM's thread pool for them costs more than the work and makes its threads spin.
+        """
+        data = select(frame, self.columns)
+        if isinstance(data, pd.DataFrame) and not self.booster.pandas_categorical:
+            with contextlib.suppress(
+                TypeError, ValueError
+            ):  # text: LightGBM's own conversion says what is wrong
+                data = data.to_numpy(dtype=np.float64)
+        if len(data) <= SMALL_BATCH_ROWS:
+            return self.booster.predict(data, num_threads=1)
+        return self.booster.predict(data)
 
 
 class LightGBMClassifier(LightGBMModel):
@@ -86,7 +111,7 @@ class LightGBMClassifier(LightGBMModel):
         self.classes_ = np.asarray(classes)
 
     def predict_proba(self, frame: Any) -> np.ndarray:
-        scores = np.asarray(self.booster.predict(select(frame, self.columns)))
+        scores = np.asarray(self._booster_predict(frame))
         return scores if scores.ndim == 2 else np.column_stack([1.0 - scores, scores])
 
     def predict(self, frame: Any) -> np.ndarray:
