@@ -36,7 +36,3 @@ class MaterializationError(LoopmlError):
 
 class NotReadyError(LoopmlError):
     """What a request needs is not being served right now (an unloaded endpoint, a full batch queue)."""
-
-
-class PayloadTooLargeError(ValidationError):
-    """A request body over the server's size limit."""

@@ -7,6 +7,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -195,3 +196,51 @@ def test_unloading_gives_the_models_memory_back(project: Project, clock) -> None
         assert loaded - resident_bytes() > 80e6  # and gives it back on unload
         router.load("big")
         assert resident_bytes() - before > 90e6
+
+
+def test_a_growing_canary_moves_no_unit_between_experiment_arms() -> None:
+    def table(canary: float) -> RouteTable[str]:
+        routes = [
+            RoutedTo(Route("primary", "m", "champion", None, "primary", 100.0), "v1"),
+            RoutedTo(Route("canary", "m", "challenger", None, "canary", canary), "v2"),
+            RoutedTo(Route("a", "m", "a", None, "experiment", 20.0), "va"),
+            RoutedTo(Route("b", "m", "b", None, "experiment", 20.0), "vb"),
+        ]
+        return RouteTable("ep", routes)
+
+    units = [f"u{i}" for i in range(3_000)]
+    before = {u: table(5).choose(u).served for u in units}
+    after = {u: table(40).choose(u).served for u in units}
+    assert all(after[u] == before[u] for u in units if before[u] in ("va", "vb"))
+    assert all(after[u] in ("v1", "v2") for u in units if before[u] in ("v1", "v2"))
+    assert 500 < sum(v == "va" for v in after.values()) < 700
+
+
+def test_every_protocol_logs_the_score_and_unknown_endpoints_share_one_series(two_versions) -> None:
+    project, client = two_versions
+    row = {"risk": 0.4, "amount": 50.0, "channel": "web"}
+    json_answer = client.post("/v1/endpoints/toy/predict", json={"records": [row]}).json()
+    mlflow = client.post("/invocations", json={"dataframe_records": [row]})
+    assert mlflow.status_code == 200, mlflow.text
+    client.post("/v1/predictions/flush").raise_for_status()
+    logged = read_predictions(project.offline, "toy", START, START + pd.Timedelta(days=30))
+    assert len(logged) == 2
+    assert logged.output.tolist() == pytest.approx([json_answer["predictions"][0]["output"]] * 2)
+    for name in ("nope-1", "nope-2"):
+        assert client.post(f"/v1/endpoints/{name}/predict", json={"records": [row]}).status_code == 404
+    text = client.get("/metrics").text
+    assert 'loopml_requests_total{endpoint="unknown",status="404",version=""} 2.0' in text
+    assert "nope-1" not in text
+
+
+def test_a_deploy_that_cannot_load_keeps_the_server_ready(two_versions) -> None:
+    project, client = two_versions
+    broken = project.registry.register(project.train(SPEC, build_world(project, seed=4)))
+    Path(project.artifacts.path_of(broken.artifact_digest)).write_bytes(b"corrupted")
+    project.registry.set_alias("toy", "broken", broken.version, reason="test")
+    deploy(project.metadata, project.registry, "other", "toy", "broken")
+    wait_for(client, lambda: "other" in client.app.state.router.endpoints)
+    assert client.get("/v2/health/ready").status_code == 200
+    assert client.get("/v2/models/other/ready").status_code == 503
+    assert client.get("/v1/endpoints/other").json()["state"] == "UNAVAILABLE"
+    assert ask(client)["model_version"] == 1

@@ -50,7 +50,11 @@ def deploy(
     """
     modes = [(CANARY, canary), (SHADOW, shadow), (EXPERIMENT, weight if arm else None)]
     chosen = [(mode, value) for mode, value in modes if value is not None]
-    if len(chosen) > 1 or (weight is not None and arm is None) or (arm is not None and weight is None):
+    if (weight is None) != (arm is None):
+        raise ValidationError(
+            "An experiment arm needs both --arm NAME and --weight N (percent; 0 removes it)."
+        )
+    if len(chosen) > 1:
         raise ValidationError("Give at most one of --canary N, --shadow N or --arm NAME --weight N.")
     mode, percent = chosen[0] if chosen else (PRIMARY, None)
     name, alias, version = parse_model_ref(model)

@@ -138,7 +138,7 @@ async def _refresh_routes(router: Router, service: PredictionService, threads: i
         try:
             if await asyncio.to_thread(router.refresh):
                 limit_model_threads(threads)  # a newly loaded model may have brought its own thread pool
-            await service.prune_batchers()  # after a refresh, a load or an unload
+            service.prune_batchers()  # after a refresh, a load or an unload
         except Exception:  # keep serving the last good routes; the next tick retries
             logger.exception("Route refresh failed")
 

@@ -107,14 +107,6 @@ class Endpoint:
     def model_name(self) -> str:
         return self.primary.model_name
 
-    def route(self, name: str) -> Route:
-        for route in self.routes:
-            if route.name == name:
-                return route
-        raise NotFoundError(
-            f"Endpoint '{self.name}' has no route '{name}'; its routes: {[r.name for r in self.routes]}."
-        )
-
 
 def deploy(
     metadata: MetadataStore,

@@ -82,16 +82,18 @@ class Router:
         self.feature_services: dict[str, FeatureService] = {}
         self._plans: dict[tuple[str, ...], FeaturePlan] = {}  # of these feature views
         self.seen_counter = -1
-        self.generation = 0  # bumped by every rebuild of the tables (a refresh, a load, an unload)
         self.unloaded: set[str] = set()  # endpoints unloaded through the repository API
         self._models: dict[ModelKey, LoadedModel] = {}
         self._previous_primary: dict[str, ModelKey] = {}
         self._lock = threading.Lock()
+        self._started = False
 
     @property
     def ready(self) -> bool:
-        """Loaded once, and every endpoint not unloaded on purpose serves all its routes."""
-        return self.seen_counter >= 0 and all(s.state != UNAVAILABLE for s in self.endpoints.values())
+        """Every endpoint's routes loaded once (a later deploy that fails to load is reported per endpoint,
+        in its state, model readiness and the repository index, and does not take the server out of
+        rotation)."""
+        return self._started
 
     @property
     def loaded_versions(self) -> list[ModelKey]:
@@ -103,34 +105,40 @@ class Router:
         A route whose version cannot be loaded keeps the version it had, if any (else the endpoint is
         UNAVAILABLE for that route and its traffic goes to the primary).
         """
-        counter = self.metadata.change_counter()
-        if counter == self.seen_counter and not force:
+        if self.metadata.change_counter() == self.seen_counter and not force:
             return False
         with self._lock:
+            counter = self.metadata.change_counter()
             previous = self.endpoints
-            self.feature_views = {view.name: view for view in list_feature_views(self.metadata)}
-            self.feature_views.update(self._on_demand_views())
-            self.feature_services = {
+            views: dict[str, FeatureView | OnDemandFeatureView] = {
+                view.name: view for view in list_feature_views(self.metadata)
+            }
+            views.update(self._on_demand_views())
+            services = {
                 d.name: FeatureService.from_spec(d.spec)
                 for d in list_definitions(self.metadata, "feature_service")
             }
             served = {}
-            for endpoint in list_endpoints(self.metadata):
+            deployed = list_endpoints(self.metadata)
+            self.unloaded &= {endpoint.name for endpoint in deployed}
+            for endpoint in deployed:
                 if endpoint.name in self.unloaded:
                     served[endpoint.name] = ServedEndpoint(
                         endpoint, RouteTable(endpoint.salt, []), UNLOADED, "unloaded through the API"
                     )
                     continue
                 served[endpoint.name] = self._serve(endpoint, previous.get(endpoint.name))
-            self.endpoints = served
+            self.endpoints, self.feature_views, self.feature_services = served, views, services
             self._plans = {}
             self.seen_counter = counter
-            self.generation += 1
+            self._started = self._started or all(s.state != UNAVAILABLE for s in served.values())
             self._release(self._needed(served))
         return True
 
     def load(self, name: str) -> ServedEndpoint:
         """Serve an endpoint again after `unload` (or reload it now); returns its state."""
+        if name not in self.endpoints:
+            self.refresh(force=True)  # deployed since the last tick?
         if name not in self.endpoints:
             raise NotFoundError(self._unknown(name))
         self.unloaded.discard(name)
@@ -194,7 +202,9 @@ class Router:
             route.version if route.alias is None else self.registry.get_alias(route.model_name, route.alias)
         )
         if number is None:
-            raise NotFoundError(f"{route.target} is unset")
+            raise NotFoundError(
+                f"{route.target} is unset; set it (`loopml models alias {route.model_name} {route.alias} N`)."
+            )
         return self._load((route.model_name, number))
 
     def _load(self, key: ModelKey) -> LoadedModel:

@@ -40,17 +40,20 @@ class RouteTable(Generic[Served]):
     def __init__(self, salt: str, routes: Sequence[RoutedTo[Served]]) -> None:
         self.salt = salt
         self.routes = tuple(routes)
-        split = [r for r in routes if r.route.mode == CANARY] + sorted(
-            (r for r in routes if r.route.mode == EXPERIMENT), key=lambda r: r.route.name
-        )
-        primary = [r for r in routes if r.route.mode == PRIMARY]
-        self._ranges: list[tuple[int, RoutedTo[Served]]] = []
+        self._ranges: list[tuple[int, int, RoutedTo[Served]]] = []  # [low, high) bucket ranges
         upper = 0
-        for routed in split:
-            upper += round(routed.route.weight * BUCKETS / 100)
-            self._ranges.append((min(upper, BUCKETS), routed))
+        for routed in (r for r in routes if r.route.mode == CANARY):
+            width = round(routed.route.weight * BUCKETS / 100)
+            self._ranges.append((upper, min(upper + width, BUCKETS), routed))
+            upper += width
+        lower = BUCKETS
+        for routed in sorted((r for r in routes if r.route.mode == EXPERIMENT), key=lambda r: r.route.name):
+            width = round(routed.route.weight * BUCKETS / 100)
+            self._ranges.append((max(lower - width, upper), lower, routed))
+            lower -= width
+        primary = [r for r in routes if r.route.mode == PRIMARY]
         if primary:
-            self._ranges.append((BUCKETS, primary[0]))
+            self._ranges.append((upper, max(lower, upper), primary[0]))
         self._shadows = [
             (round(r.route.weight * BUCKETS / 100), f"{salt}\x1fshadow\x1f{r.route.name}", r)
             for r in routes
@@ -64,8 +67,8 @@ class RouteTable(Generic[Served]):
     def choose(self, unit_id: str | None) -> RoutedTo[Served] | None:
         """The route that answers this unit; a route whose model is not loaded falls back to the primary."""
         point = bucket(self.salt, unit_id) if unit_id is not None else random.randrange(BUCKETS)
-        for upper, routed in self._ranges:
-            if point < upper:
+        for low, high, routed in self._ranges:
+            if low <= point < high:
                 return routed if routed.served is not None else self.primary
         return None
 

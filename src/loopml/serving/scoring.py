@@ -83,8 +83,10 @@ class Scorer:
     def takes_matrix(self) -> bool:
         """Whether the model scores a float64 matrix of its inputs in order as it would their frame (a numeric
         LightGBM booster): building a one-row DataFrame costs more than scoring it."""
-        return bool(getattr(self.model, "takes_matrix", False)) and all(
-            c.type in _NUMERIC for c in self.columns
+        return (
+            bool(getattr(self.model, "takes_matrix", False))
+            and list(getattr(self.model, "columns", ())) == self.input_names
+            and all(c.type in _NUMERIC for c in self.columns)
         )
 
     @functools.cached_property
@@ -142,7 +144,11 @@ class Scorer:
                 raise _wrong_type(
                     column, row, value, "an integer within 64 bits" if integral else "a finite number", where
                 )
-            elif integral and isinstance(value, float | np.floating) and not float(value).is_integer():
+            elif (
+                integral
+                and isinstance(value, float | np.floating)
+                and not (float(value).is_integer() and _INT64[0] <= value <= _INT64[1])
+            ):
                 raise _wrong_type(column, row, value, "an integer", where)
             elif isinstance(value, float) and math.isinf(value):
                 raise _wrong_type(column, row, value, "a finite number", where)

@@ -7,6 +7,7 @@ what is logged) happens here once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from loopml.errors import LoopmlError, NotFoundError, NotReadyError, PayloadTooLargeError, ValidationError
+from loopml.errors import LoopmlError, NotFoundError, NotReadyError, ValidationError
 from loopml.features.lookup_log import FEATURE_LOOKUPS, LoggedLookup
 from loopml.features.online import PRESENT, OnlineFeatures, read_online_async, with_transforms
 from loopml.serving import prediction_cache
@@ -75,7 +76,7 @@ class PredictionService:
         self.writers = writers
         self.log_predictions = bool(project.config["serving"].get("log_predictions", True))
         self._batchers: dict[tuple[Any, ...], AdaptiveBatcher] = {}
-        self._batchers_generation = -1
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def predict(
         self,
@@ -103,7 +104,8 @@ class PredictionService:
             shadows = served.table.shadows(unit_id) if version is None else []
             mirror = self._mirror(served, shadows, columns, rows, unit_id) if shadows else None
         except Exception as exc:
-            self.metrics.requests.labels(name, label, str(status_of(exc))).inc()
+            known = name if name in self.router.endpoints else "unknown"  # no series per made-up name
+            self.metrics.requests.labels(known, label, str(status_of(exc))).inc()
             raise
         finally:
             self.metrics.in_flight.dec()
@@ -164,6 +166,11 @@ class PredictionService:
         else:
             prepared = await self._prepare(model, columns, rows, now, served.endpoint.settings.nan_policy)
             outputs = {m: await self._run(served, model, m, prepared.frame) for m in methods}
+            if SCORES not in outputs and self.log_predictions:  # the log holds scores, whoever asked
+                derived = _scores_from(model, outputs)
+                outputs[SCORES] = (
+                    derived if derived is not None else await self._run(served, model, SCORES, prepared.frame)
+                )
         ids = [uuid.uuid4().hex for _ in range(rows)]
         scored = Scored(
             name,
@@ -244,7 +251,7 @@ class PredictionService:
         inputs.update({k: v for k, v in columns.items() if k in model.scorer.names})
         model_columns = {name: inputs[name] for name in model.scorer.input_names if name in inputs}
         try:
-            frame = model.scorer.frame(model_columns, rows, nullable=_nullable(policy, model, fetched))
+            frame = model.scorer.frame(model_columns, rows, nullable=_nullable(policy, model))
         except ValidationError as exc:
             raise ValidationError(f"{exc}{_absent_hint(fetched)}") from None
         return Prepared(frame, model_columns, fetched)
@@ -291,11 +298,11 @@ class PredictionService:
             self._batchers[key] = batcher
         return await batcher.submit(frame)
 
-    async def prune_batchers(self) -> None:
-        """Close the batchers of versions or settings no longer served (each holds its model in memory)."""
-        if self._batchers_generation == self.router.generation:
-            return
-        self._batchers_generation = self.router.generation
+    def prune_batchers(self) -> None:
+        """Retire the batchers of versions or settings no longer served (each holds its model in memory).
+
+        A retired batcher still scores what it has queued: it closes after its wait budget has passed.
+        """
         live = {
             (name, m.version.model_name, m.version.version, s.batch_settings)
             for name, served in self.router.endpoints.items()
@@ -305,7 +312,10 @@ class PredictionService:
         for key in list(self._batchers):
             endpoint, model_name, version, _, settings = key
             if (endpoint, model_name, version, settings) not in live:
-                await self._batchers.pop(key).close()
+                batcher = self._batchers.pop(key)
+                task = asyncio.create_task(_retire(batcher, settings[2] / 1000 + 1.0))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
 
     def _mirror(
         self,
@@ -351,7 +361,7 @@ class PredictionService:
     ) -> None:
         latency = time.perf_counter() - started
         model = scored.model
-        logged = scored.outputs.get(SCORES, scored.outputs.get(PREDICT))
+        logged = scored.outputs.get(SCORES)
         writer = self.writers[PREDICTIONS]
         names = list(inputs)
         for i, prediction_id in enumerate(scored.prediction_ids):
@@ -373,6 +383,11 @@ class PredictionService:
             )
 
 
+async def _retire(batcher: AdaptiveBatcher, after: float) -> None:
+    await asyncio.sleep(after)
+    await batcher.close()
+
+
 def _call(model: LoadedModel, method: str, frame: pd.DataFrame) -> np.ndarray:
     """Run the model; what it cannot score (a value it was never trained on) is the request's fault."""
     scorer = model.scorer
@@ -391,8 +406,18 @@ def _call(model: LoadedModel, method: str, frame: pd.DataFrame) -> np.ndarray:
         raise ValidationError(f"Model {model.version.ref} could not score these inputs: {exc}") from exc
 
 
+def _scores_from(model: LoadedModel, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Scores from outputs already computed: a binary classifier's probabilities, a regressor's predictions."""
+    proba = outputs.get(PROBA)
+    if proba is not None and proba.ndim == 2 and proba.shape[1] == 2:
+        return proba[:, 1]
+    if not model.scorer.is_classifier and PREDICT in outputs:
+        return np.asarray(outputs[PREDICT], dtype=float)
+    return None
+
+
 def _loggable(value: Any) -> float | None:
-    """A row's output as the log's float: a score, a numeric label; None for a vector or a text label."""
+    """A row's score as the log's float; None for a multi-class probability vector."""
     if isinstance(value, np.ndarray | str | bytes):
         return None
     try:
@@ -401,12 +426,12 @@ def _loggable(value: Any) -> float | None:
         return None
 
 
-def _nullable(policy: str, model: LoadedModel, fetched: OnlineFeatures | None) -> frozenset[str]:
-    """The inputs that may be null under an endpoint's NaN policy."""
+def _nullable(policy: str, model: LoadedModel) -> frozenset[str]:
+    """The inputs that may be null under an endpoint's NaN policy (batch scoring applies the same rule)."""
     if policy == "allow":
         return model.scorer.names
-    if policy == "stored" and fetched is not None:
-        return frozenset(fetched.values)
+    if policy == "stored":
+        return frozenset(model.fetched)
     return frozenset()
 
 
@@ -428,7 +453,7 @@ def status_of(exc: BaseException) -> int:
     if isinstance(exc, NotFoundError):
         return 404
     if isinstance(exc, ValidationError):
-        return 413 if isinstance(exc, PayloadTooLargeError) else 400
+        return 400
     if isinstance(exc, LoopmlError):
         return 503
     return 500
