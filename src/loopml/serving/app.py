@@ -85,6 +85,7 @@ def create_app(project: Project, *, freeze_startup_heap: bool = False) -> FastAP
         tasks = [
             asyncio.create_task(_refresh_routes(router, service, threads)),
             asyncio.create_task(_watch_queues(writers, metrics)),
+            asyncio.create_task(service.run_shadows()),
         ]
         try:
             yield

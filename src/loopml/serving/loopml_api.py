@@ -92,7 +92,8 @@ def loopml_routes(
 
     @api.post("/predictions/flush")
     async def flush() -> dict[str, bool]:
-        """Write everything queued so far (predictions, labels, feature lookups) before answering."""
+        """Write everything queued so far (predictions, shadow predictions, labels, feature lookups)."""
+        await service.drain_shadows()
         for writer in writers.values():
             await asyncio.to_thread(writer.flush)
         return {"flushed": True}

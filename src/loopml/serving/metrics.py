@@ -18,6 +18,7 @@ METRIC_NAMES = (
     "loopml_prediction_log_queue_depth",
     "loopml_prediction_log_dropped_total",
     "loopml_shadow_predictions_total",
+    "loopml_shadow_dropped_total",
     "loopml_feedback_total",
     "loopml_feature_lookup_log_dropped_total",
     "loopml_feature_read_seconds",
@@ -72,6 +73,12 @@ class Metrics:
             "loopml_shadow_predictions",
             "Predictions made by shadow routes (logged, not returned).",
             ["endpoint", "version"],
+            registry=self.registry,
+        )
+        self.shadow_dropped = Counter(
+            "loopml_shadow_dropped",
+            "Mirrored requests dropped because the shadow queue was full (the primary was too busy).",
+            ["endpoint"],
             registry=self.registry,
         )
         self.feedback = Counter("loopml_feedback", "Labels received.", registry=self.registry)

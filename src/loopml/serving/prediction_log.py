@@ -61,6 +61,7 @@ class _FlushRequest:
     error: str | None = None
 
 
+TABLE_SLICE_ROWS = 64  # records converted to Arrow between two GIL hand-overs
 ROOM_POLL_SECONDS = 0.005  # how often a `put` with a timeout looks for room
 
 
@@ -210,6 +211,9 @@ class BatchWriter:
     def _records(self, item: Any) -> list[dict[str, Any]]:
         if self._expand is None:
             return [item]
+        time.sleep(
+            0
+        )  # hand the GIL to a waiting request between items: a batch of them is tens of ms of Python
         try:
             return self._expand(item)
         except Exception as exc:
@@ -224,7 +228,7 @@ class BatchWriter:
         days = list(by_day)
         for index, day in enumerate(days):
             try:
-                table = record_table(by_day[day], self.schema)
+                table = _in_slices(by_day[day], self.schema)
             except (pa.ArrowException, TypeError, ValueError):
                 logger.exception("Dropping %d malformed %s records", len(by_day[day]), self.dataset)
                 self._drop(len(by_day[day]))
@@ -258,6 +262,16 @@ def append_by_day(offline: OfflineStore, dataset: str, table: pa.Table) -> int:
     for day in pc.unique(days).to_pylist():
         offline.append(dataset, table.filter(pc.equal(days, day)), partition=day)
     return table.num_rows
+
+
+def _in_slices(records: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """`record_table` a slice at a time, yielding the GIL between slices: converting Python values holds it,
+    and a request waiting behind 500 records' conversion would wait milliseconds."""
+    tables = []
+    for start in range(0, len(records), TABLE_SLICE_ROWS):
+        tables.append(record_table(records[start : start + TABLE_SLICE_ROWS], schema))
+        time.sleep(0)
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
 def record_table(records: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:

@@ -77,7 +77,7 @@ class Scorer:
             data[column.name] = self._values(column, values, column.name in nullable, where)
         if self.takes_matrix:
             return np.column_stack([np.asarray(v, dtype=np.float64) for v in data.values()])
-        return pd.DataFrame(data, columns=self._index, copy=False)
+        return _frame(list(data.values()), self._index, rows)
 
     @functools.cached_property
     def takes_matrix(self) -> bool:
@@ -170,6 +170,17 @@ class Scorer:
             f"Input '{column.name}' is null or NaN in row {row}{where}; model {self.ref} needs a value (or set "
             "the endpoint's nan_policy to 'allow' if the model handles missing values)."
         )
+
+
+def _frame(arrays: list[Any], columns: pd.Index, rows: int) -> pd.DataFrame:
+    """A frame of already checked and typed arrays, without pandas' per-call inference and reindexing: 14 µs
+    instead of 60-80 µs for a one-row request, a large share of a prediction's time."""
+    try:
+        return pd.DataFrame._from_arrays(
+            arrays, columns=columns, index=pd.RangeIndex(rows), verify_integrity=False
+        )
+    except AttributeError:  # a pandas without the private constructor
+        return pd.DataFrame(dict(zip(columns, arrays, strict=True)), copy=False)
 
 
 def _wrong_type(column: ColumnSpec, row: int, value: Any, what: str, where: str) -> ValidationError:

@@ -8,6 +8,7 @@ what is logged) happens here once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 import uuid
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from loopml.project import Project
 
 logger = logging.getLogger(__name__)
+MAX_SHADOW_QUEUE = 10_000  # mirrored requests waiting for spare time; past that they are dropped and counted
+SHADOW_IDLE_POLL_SECONDS = 0.0005
 SCORES, PREDICT, PROBA = "scores", "predict", "predict_proba"
 Columns = dict[str, list[Any]]
 
@@ -77,6 +80,9 @@ class PredictionService:
         self.log_predictions = bool(project.config["serving"].get("log_predictions", True))
         self._batchers: dict[tuple[Any, ...], AdaptiveBatcher] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._shadow_queue: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._shadow_ready = asyncio.Event()
 
     async def predict(
         self,
@@ -95,6 +101,7 @@ class PredictionService:
         """
         started = time.perf_counter()
         self.metrics.in_flight.inc()
+        self._in_flight += 1
         label = ""
         try:
             served = self._serving(name)
@@ -109,11 +116,31 @@ class PredictionService:
             raise
         finally:
             self.metrics.in_flight.dec()
+            self._in_flight -= 1
         self.metrics.requests.labels(name, label, "200").inc()
         self.metrics.duration.labels(name, label).observe(time.perf_counter() - started)
         return scored, mirror
 
+    async def run_shadows(self) -> None:
+        """Score mirrored requests with the loop's spare time: one at a time, only while no request is being
+        answered, so a shadow route takes capacity the primary does not use and never adds to its latency."""
+        while True:
+            if not self._shadow_queue:
+                self._shadow_ready.clear()
+                await self._shadow_ready.wait()
+            if self._in_flight:
+                await asyncio.sleep(SHADOW_IDLE_POLL_SECONDS)
+                continue
+            await self._shadow(*self._shadow_queue.popleft())
+            await asyncio.sleep(0)  # let arrived requests in before the next one
+
+    async def drain_shadows(self) -> None:
+        """Score every mirrored request queued so far (a flush and a shutdown log them too)."""
+        while self._shadow_queue:
+            await self._shadow(*self._shadow_queue.popleft())
+
     async def close(self) -> None:
+        await self.drain_shadows()
         for batcher in self._batchers.values():
             await batcher.close()
 
@@ -325,29 +352,38 @@ class PredictionService:
         rows: int,
         unit_id: str | None,
     ) -> Callable[[], Awaitable[None]]:
-        """Work that scores the request with each shadow route after the answer is sent; it logs, never raises."""
+        """Work to run after the answer is sent: queue the request for each shadow route (full queue: drop)."""
 
         async def run() -> None:
             for routed in shadows:
-                assert routed.served is not None
-                try:
-                    await self._score(
-                        served, routed, columns, rows, (SCORES,), unit_id, time.perf_counter(), returned=False
-                    )
-                    self.metrics.shadow.labels(served.endpoint.name, str(routed.served.version.version)).inc(
-                        rows
-                    )
-                except LoopmlError as exc:
-                    logger.info(
-                        "Shadow route %s of %s refused the request: %s",
-                        routed.route.name,
-                        served.endpoint.name,
-                        exc,
-                    )
-                except Exception:
-                    logger.exception("Shadow route %s of %s failed", routed.route.name, served.endpoint.name)
+                if len(self._shadow_queue) >= MAX_SHADOW_QUEUE:
+                    self.metrics.shadow_dropped.labels(served.endpoint.name).inc(rows)
+                    continue
+                self._shadow_queue.append((served, routed, columns, rows, unit_id))
+            self._shadow_ready.set()
 
         return run
+
+    async def _shadow(
+        self,
+        served: ServedEndpoint,
+        routed: RoutedTo[LoadedModel],
+        columns: Columns,
+        rows: int,
+        unit_id: str | None,
+    ) -> None:
+        """Score one mirrored request with a shadow route and log it; it logs failures, never raises."""
+        assert routed.served is not None
+        name = served.endpoint.name
+        try:
+            await self._score(
+                served, routed, columns, rows, (SCORES,), unit_id, time.perf_counter(), returned=False
+            )
+            self.metrics.shadow.labels(name, str(routed.served.version.version)).inc(rows)
+        except LoopmlError as exc:
+            logger.info("Shadow route %s of %s refused the request: %s", routed.route.name, name, exc)
+        except Exception:
+            logger.exception("Shadow route %s of %s failed", routed.route.name, name)
 
     def _log(
         self,
