@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from loopml.clock import Clock, FileClock
+from loopml.config import write_config
 from loopml.features import Entity, FeatureView, Field, ParquetSource
 from loopml.project import Project
 from loopml.registry.models import ModelVersion
@@ -72,3 +74,22 @@ def train_and_deploy(project: Project, events: pd.DataFrame, endpoint: str = "to
     project.registry.set_alias(SPEC.model_name, "champion", version.version, reason="test")
     deploy(project.metadata, project.registry, endpoint, SPEC.model_name)
     return version
+
+
+SERVING_TIME = (START + pd.Timedelta(days=10, hours=1)).to_pydatetime()
+
+
+def go_live(project: Project, clock: Clock) -> None:
+    """Materialise the world's features and move the clock to an hour after them, when serving reads them."""
+    project.materialize(end=START + pd.Timedelta(days=10))
+    clock.set(SERVING_TIME)
+
+
+def live_toy_project(path: Path, name: str = "test") -> tuple[Project, FileClock]:
+    """A project at `path` serving the toy model on endpoint 'toy', with a file clock `loopml serve` reads."""
+    write_config(path, name)
+    clock = FileClock(path / "clock", start=START.to_pydatetime())
+    project = Project(path, clock=clock)
+    train_and_deploy(project, build_world(project))
+    go_live(project, clock)
+    return project, clock

@@ -1,20 +1,15 @@
 """Triton's own HTTP client against `loopml serve`: the Open Inference Protocol as third-party clients speak it."""
 
 from collections.abc import Iterator
-from datetime import timedelta
 
 import httpx
 import numpy as np
-import pandas as pd
 import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from loopml.clock import FileClock
-from loopml.config import write_config
-from loopml.project import Project
 from loopml.serving.server import ServerProcess
-from tests.helpers import START, build_world, train_and_deploy
+from tests.helpers import live_toy_project
 
 pytestmark = pytest.mark.slow
 ROWS = {"amount": [10.0, 80.0, 35.5], "channel": ["web", "app", "web"], "risk": [0.1, 0.9, 0.5]}
@@ -23,12 +18,7 @@ ROWS = {"amount": [10.0, 80.0, 35.5], "channel": ["web", "app", "web"], "risk": 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     path = tmp_path_factory.mktemp("oip")
-    write_config(path, "oip")
-    clock = FileClock(path / "clock", start=START.to_pydatetime())
-    project = Project(path, clock=clock)
-    train_and_deploy(project, build_world(project))
-    project.materialize(end=START + pd.Timedelta(days=10))
-    clock.set(START.to_pydatetime() + timedelta(days=10, hours=1))
+    _, clock = live_toy_project(path, "oip")
     process = ServerProcess(path, clock_file=clock.path)
     url = process.start()
     try:

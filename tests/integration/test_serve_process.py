@@ -2,29 +2,21 @@
 
 import signal
 import threading
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pandas as pd
 import pytest
 
-from loopml.clock import FileClock
-from loopml.config import write_config
-from loopml.project import Project
 from loopml.serving.prediction_log import read_predictions
 from loopml.serving.server import ServerProcess
-from tests.helpers import START, build_world, train_and_deploy
+from tests.helpers import START, live_toy_project
 
 
 @pytest.mark.slow
 def test_serve_process_answers_and_flushes_on_shutdown(tmp_path: Path) -> None:
-    write_config(tmp_path, "it")
-    clock = FileClock(tmp_path / "clock", start=START.to_pydatetime())
-    project = Project(tmp_path, clock=clock)
-    train_and_deploy(project, build_world(project))
-    project.materialize(end=START + pd.Timedelta(days=10))
-    clock.set(START.to_pydatetime() + timedelta(days=10, hours=1))
+    project, clock = live_toy_project(tmp_path, "it")
 
     server = ServerProcess(tmp_path, clock_file=clock.path)
     url = server.start()
@@ -45,12 +37,7 @@ def test_serve_process_answers_and_flushes_on_shutdown(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_after_sigterm_every_acknowledged_prediction_is_in_the_log(tmp_path: Path) -> None:
-    write_config(tmp_path, "it")
-    clock = FileClock(tmp_path / "clock", start=START.to_pydatetime())
-    project = Project(tmp_path, clock=clock)
-    train_and_deploy(project, build_world(project))
-    project.materialize(end=START + pd.Timedelta(days=10))
-    clock.set(START.to_pydatetime() + timedelta(days=10, hours=1))
+    project, clock = live_toy_project(tmp_path, "it")
     server = ServerProcess(tmp_path, clock_file=clock.path)
     url = server.start()
     acknowledged: list[str] = []

@@ -11,15 +11,14 @@ from loopml.features.lookup_log import read_lookups
 from loopml.project import Project
 from loopml.serving.app import create_app
 from loopml.serving.prediction_log import read_labelled_predictions, read_predictions
-from tests.helpers import SPEC, START, build_world, train_and_deploy
+from tests.helpers import SPEC, START, build_world, go_live, train_and_deploy
 
 
 @pytest.fixture
 def served(project: Project, clock) -> Iterator[tuple[Project, TestClient]]:
     events = build_world(project)
     train_and_deploy(project, events)
-    project.materialize(end=START + pd.Timedelta(days=10))
-    clock.set(START + pd.Timedelta(days=10, hours=1))
+    go_live(project, clock)
     with TestClient(create_app(project)) as client:
         yield project, client
 

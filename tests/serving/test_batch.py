@@ -13,14 +13,13 @@ from loopml.errors import NotFoundError, ValidationError
 from loopml.project import Project
 from loopml.serving.app import create_app
 from loopml.serving.batch import batch_score
-from tests.helpers import START, build_world, train_and_deploy
+from tests.helpers import build_world, go_live, train_and_deploy
 
 
 @pytest.fixture
 def toy(project: Project, clock) -> Project:
     train_and_deploy(project, build_world(project))
-    project.materialize(end=START + pd.Timedelta(days=10))
-    clock.set(START + pd.Timedelta(days=10, hours=1))
+    go_live(project, clock)
     return project
 
 

@@ -9,14 +9,13 @@ from fastapi.testclient import TestClient
 from loopml.features import FeatureService, FeatureView, Field, ParquetSource
 from loopml.project import Project
 from loopml.serving.app import create_app
-from tests.helpers import START, USER, build_world, train_and_deploy
+from tests.helpers import START, USER, build_world, go_live, train_and_deploy
 
 
 @pytest.fixture
 def client(project: Project, clock) -> Iterator[TestClient]:
     train_and_deploy(project, build_world(project))
-    project.materialize(end=START + pd.Timedelta(days=10))
-    clock.set(START + pd.Timedelta(days=10, hours=1))
+    go_live(project, clock)
     with TestClient(create_app(project)) as client:
         yield client
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from starlette.routing import Match
@@ -19,7 +18,7 @@ from loopml.clock import SimulatedClock
 from loopml.config import write_config
 from loopml.project import Project
 from loopml.serving.app import create_app
-from tests.helpers import START, build_world, train_and_deploy
+from tests.helpers import START, build_world, go_live, train_and_deploy
 
 MAX_BODY_BYTES = 64 * 1024
 DEPTH = 10_000
@@ -181,8 +180,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     clock = SimulatedClock(START.to_pydatetime())
     project = Project(path, clock=clock)
     train_and_deploy(project, build_world(project))
-    project.materialize(end=START + pd.Timedelta(days=10))
-    clock.set(START + pd.Timedelta(days=10, hours=1))
+    go_live(project, clock)
     project.config["serving"]["max_body_bytes"] = MAX_BODY_BYTES
     with TestClient(create_app(project), raise_server_exceptions=False) as client:
         yield client

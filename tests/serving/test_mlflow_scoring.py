@@ -13,7 +13,7 @@ from loopml.project import Project
 from loopml.serving.app import create_app
 from loopml.serving.endpoints import configure, deploy
 from loopml.serving.prediction_log import read_predictions
-from tests.helpers import START, build_world, train_and_deploy
+from tests.helpers import START, build_world, go_live, train_and_deploy
 
 ROWS = [
     {"risk": 0.95, "amount": 400.0, "channel": "web"},
@@ -29,8 +29,7 @@ def _project(project: Project, clock, *, endpoints: tuple[str, ...] = ("toy",), 
         deploy(project.metadata, project.registry, name, "toy")
     if settings:
         configure(project.metadata, "toy", **settings)
-    project.materialize(end=START + pd.Timedelta(days=10))
-    clock.set(START + pd.Timedelta(days=10, hours=1))
+    go_live(project, clock)
     return project
 
 

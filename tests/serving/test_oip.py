@@ -11,7 +11,7 @@ from loopml.project import Project
 from loopml.serving.app import create_app
 from loopml.serving.endpoints import configure, deploy
 from loopml.serving.prediction_log import read_predictions
-from tests.helpers import SPEC, START, build_world, train_and_deploy
+from tests.helpers import SPEC, START, build_world, go_live, train_and_deploy
 
 ROWS = {"risk": [0.1, 0.9, 0.5], "amount": [10.0, 80.0, 35.5], "channel": ["web", "app", "web"]}
 
@@ -20,8 +20,7 @@ ROWS = {"risk": [0.1, 0.9, 0.5], "amount": [10.0, 80.0, 35.5], "channel": ["web"
 def served(project: Project, clock) -> Iterator[tuple[Project, TestClient]]:
     events = build_world(project)
     train_and_deploy(project, events)
-    project.materialize(end=START + pd.Timedelta(days=10))
-    clock.set(START + pd.Timedelta(days=10, hours=1))
+    go_live(project, clock)
     with TestClient(create_app(project)) as client:
         yield project, client
 

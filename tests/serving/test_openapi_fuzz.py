@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-import pandas as pd
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -27,7 +26,7 @@ from loopml.clock import SimulatedClock
 from loopml.config import write_config
 from loopml.project import Project
 from loopml.serving.app import create_app
-from tests.helpers import START, build_world, train_and_deploy
+from tests.helpers import START, build_world, go_live, train_and_deploy
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +69,7 @@ def app_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesi
     clock = SimulatedClock(START.to_pydatetime())
     project = Project(path, clock=clock)
     train_and_deploy(project, build_world(project))
-    project.materialize(end=START + pd.Timedelta(days=10))
-    clock.set(START + pd.Timedelta(days=10, hours=1))
+    go_live(project, clock)
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(project))
     yield schema
     asgi.shutdown_lifespans()  # schemathesis keeps the app's lifespan running until asked

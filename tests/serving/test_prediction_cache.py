@@ -20,7 +20,7 @@ from loopml.serving import prediction_cache
 from loopml.serving.app import create_app
 from loopml.serving.batch import batch_score
 from loopml.serving.endpoints import configure, deploy
-from tests.helpers import SPEC, START, build_world
+from tests.helpers import SPEC, build_world, go_live
 
 # A model of stored features only: its prediction depends on the entity alone, so it can be cached.
 STORED = replace(SPEC, model_name="stored", request_features=(), params={"max_iter": 20, "categorical": []})
@@ -44,8 +44,7 @@ def world(tmp_path: Path, clock, online_backend: dict[str, str]) -> Iterator[Wor
     project.registry.set_alias("stored", "champion", v1.version, reason="test")
     deploy(project.metadata, project.registry, "ep", "stored")
     configure(project.metadata, "ep", cache_max_age_seconds=MAX_AGE)
-    project.materialize(end=START + pd.Timedelta(days=10))
-    clock.set(START + pd.Timedelta(days=10, hours=1))
+    go_live(project, clock)
     yield World(project, events, v1)
     project.close()
 

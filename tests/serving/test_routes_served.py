@@ -20,7 +20,7 @@ from loopml.serving.endpoints import Route, configure, deploy
 from loopml.serving.prediction_log import read_predictions
 from loopml.serving.router import release_memory
 from loopml.serving.routing import BUCKETS, RoutedTo, RouteTable, bucket
-from tests.helpers import SPEC, START, build_world, train_and_deploy
+from tests.helpers import SPEC, START, build_world, go_live, train_and_deploy
 
 
 @pytest.fixture
@@ -29,8 +29,7 @@ def two_versions(project: Project, clock) -> Iterator[tuple[Project, TestClient]
     train_and_deploy(project, events)
     v2 = project.registry.register(project.train(SPEC, events.sample(frac=0.7, random_state=1)))
     project.registry.set_alias("toy", "challenger", v2.version, reason="test")
-    project.materialize(end=START + pd.Timedelta(days=10))
-    clock.set(START + pd.Timedelta(days=10, hours=1))
+    go_live(project, clock)
     with TestClient(create_app(project)) as client:
         yield project, client
 

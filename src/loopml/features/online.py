@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from loopml.clock import as_utc
-from loopml.errors import ValidationError
+from loopml.errors import ValidationError, shown
 from loopml.features.aggregations import aggregate_online, value_columns
 from loopml.features.definitions import FeatureView, feature_column
 from loopml.features.on_demand import FeaturePlan, run_transforms
@@ -67,7 +67,7 @@ def _check_value(view: FeatureView, column: str, value: Any, index: int) -> None
     """Refuse a pushed value its field's dtype cannot hold (null is always allowed: no value)."""
     if value is None:
         return
-    dtype = _column_dtype(view, column)
+    dtype = view.source_columns.get(column)  # an aggregation view's source columns declare none
     if dtype == "float64":
         ok = (
             isinstance(value, int | float)
@@ -86,15 +86,9 @@ def _check_value(view: FeatureView, column: str, value: Any, index: int) -> None
     else:
         return
     if not ok:
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
         raise ValidationError(
-            f"Row {index} pushed to '{view.name}': '{column}' must be {what} ({dtype}), got {shown}."
+            f"Row {index} pushed to '{view.name}': '{column}' must be {what} ({dtype}), got {shown(value)}."
         )
-
-
-def _column_dtype(view: FeatureView, column: str) -> str | None:
-    """A pushed column's declared dtype (an aggregation view's source columns have none)."""
-    return view.source_columns.get(column)
 
 
 def _event_time(value: Any, view: FeatureView, index: int) -> float:

@@ -26,13 +26,13 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from loopml.errors import NotFoundError, ValidationError
-from loopml.features.definitions import group_feature_refs
 from loopml.features.on_demand import plan_features
 from loopml.features.registry import get_view
 from loopml.registry.models import ModelVersion
 from loopml.serving import prediction_cache
 from loopml.serving.endpoints import NAN_POLICIES
-from loopml.serving.scoring import Scorer
+from loopml.serving.router import input_roles
+from loopml.serving.scoring import Scorer, nullable_inputs
 
 if TYPE_CHECKING:
     from loopml.project import Project
@@ -127,7 +127,7 @@ def batch_score(
             dataset,
             temp,
             passed,
-            _nullable(nan_policy, model),
+            nullable_inputs(nan_policy, model.scorer.names, model.stored),
             chunk_rows,
             scored_at,
             fill_cache,
@@ -180,7 +180,6 @@ def _load(project: Project, version: ModelVersion, *, need_keys: bool) -> _Model
     """The version's model and scorer, built as the server builds them, and its feature views' join keys."""
     model = project.registry.load(version)
     scorer = Scorer.build(version.ref, model, project.registry.model_file(version).signature, version.inputs)
-    stored = frozenset(f for features in group_feature_refs(version.features).values() for f in features)
     try:
         plan = plan_features(version.features, lambda name: get_view(project.metadata, name, project.path))
     except NotFoundError as exc:
@@ -192,8 +191,8 @@ def _load(project: Project, version: ModelVersion, *, need_keys: bool) -> _Model
     else:
         keys = tuple(dict.fromkeys(key for view, _ in plan.views for key in view.join_keys))
         request_fields = plan.request_fields
-    request = tuple(dict.fromkeys([*(n for n in version.inputs if n not in stored), *request_fields]))
-    return _Model(version, scorer, stored & scorer.names, request, keys)
+    stored, request = input_roles(version, request_fields)
+    return _Model(version, scorer, frozenset(stored) & scorer.names, request, keys)
 
 
 def _check_columns(
@@ -367,12 +366,3 @@ def _fill_cache(
             project.online, version, entities, outputs.tolist(), scored_at=scored_at
         )
     return written
-
-
-def _nullable(policy: str, model: _Model) -> frozenset[str]:
-    """The inputs that may be null: the endpoints' NaN policy, with the model's stored features as 'stored'."""
-    if policy == "allow":
-        return model.scorer.names
-    if policy == "stored":
-        return model.stored
-    return frozenset()

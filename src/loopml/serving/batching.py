@@ -19,27 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loopml.errors import LoopmlError, NotReadyError, ValidationError
+from loopml.errors import BatcherClosedError, BatchOutputError, BatchTimeoutError, ValidationError
+from loopml.serving.scoring import is_number
 
 logger = logging.getLogger(__name__)
 
 Score = Callable[[pd.DataFrame], np.ndarray]
-
-
-class BatchUnavailableError(NotReadyError):
-    """The batcher could not score a request (overloaded or shut down): retry later; HTTP 503."""
-
-
-class BatchTimeoutError(BatchUnavailableError):
-    """A request waited in the batching queue longer than its endpoint's timeout."""
-
-
-class BatcherClosedError(BatchUnavailableError):
-    """The batcher was closed (server shutting down) before the request was scored."""
-
-
-class BatchOutputError(LoopmlError):
-    """The score function returned a different number of rows than it was given (a model bug)."""
 
 
 class _Pending:
@@ -265,20 +250,16 @@ def _check_settings(name: str, max_batch_size: int, max_wait_seconds: float, tim
         raise ValidationError(
             f"{where}: max_batch_size must be a whole number of rows >= 1, got {max_batch_size!r}."
         )
-    if not _is_number(max_wait_seconds) or not (0 <= max_wait_seconds < math.inf):
+    if not is_number(max_wait_seconds) or not (0 <= max_wait_seconds < math.inf):
         raise ValidationError(
             f"{where}: max_wait_seconds must be a finite number of seconds >= 0, got {max_wait_seconds!r}; "
             "use 0 to batch only the requests that arrive together."
         )
-    if not _is_number(timeout_seconds) or not (timeout_seconds > max_wait_seconds):
+    if not is_number(timeout_seconds) or not (timeout_seconds > max_wait_seconds):
         raise ValidationError(
             f"{where}: timeout_seconds ({timeout_seconds!r}) must be greater than max_wait_seconds "
             f"({max_wait_seconds!r}), or every request that waits the full max_wait would time out."
         )
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _concat(frames: list[Any]) -> Any:

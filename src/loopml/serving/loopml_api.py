@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -167,7 +168,7 @@ def describe(served: ServedEndpoint) -> dict[str, Any]:
     """An endpoint with its routes, what each serves now, and its state in this server."""
     endpoint = served.endpoint
     loaded = {routed.route.name: routed.served for routed in served.table.routes}
-    primary = loaded.get("primary")
+    primary = served.table.primary.served if served.table.primary else None
     return {
         "endpoint": endpoint.name,
         "state": served.state,
@@ -186,7 +187,7 @@ def describe(served: ServedEndpoint) -> dict[str, Any]:
             }
             for route in endpoint.routes
         ],
-        "settings": endpoint.settings.__dict__,
+        "settings": asdict(endpoint.settings),
     }
 
 

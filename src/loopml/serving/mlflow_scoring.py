@@ -29,11 +29,11 @@ from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
 from loopml import __version__
-from loopml.errors import LoopmlError, NotFoundError, ValidationError
+from loopml.errors import LoopmlError, NotFoundError, ValidationError, listed, shown
 from loopml.serving.bodies import json_response, openapi_body
 from loopml.serving.router import Router
 from loopml.serving.scoring import Scorer
-from loopml.serving.service import PREDICT, PROBA, PredictionService, status_of
+from loopml.serving.service import PREDICT, PROBA, Columns, PredictionService, status_of
 
 ENDPOINT_HEADER = "X-Loopml-Endpoint"
 UNIT_HEADER = "X-Loopml-Unit-Id"
@@ -48,7 +48,6 @@ ERROR_CODES = {
     415: "BAD_REQUEST",
     503: "TEMPORARILY_UNAVAILABLE",
 }
-Columns = dict[str, list[Any]]
 
 
 class DataframeSplit(BaseModel):
@@ -176,7 +175,7 @@ def choose_endpoint(router: Router, query: str | None, header: str | None) -> st
     """The endpoint a `/invocations` request is for: named by the query or header, or the only one deployed."""
     if query is not None and header is not None and query != header:
         raise ValidationError(
-            f"The query names endpoint {_shown(query)} but the {ENDPOINT_HEADER} header names {_shown(header)}; send one."
+            f"The query names endpoint {shown(query)} but the {ENDPOINT_HEADER} header names {shown(header)}; send one."
         )
     name = query if query is not None else header
     if name is not None:
@@ -209,13 +208,13 @@ def parse_invocation(raw: bytes, content_type: str | None, scorer: Scorer | None
     """A scoring request's body as request columns (JSON or CSV, as MLflow's server reads them)."""
     mime, charset = _content_type(content_type)
     if charset not in ("utf-8", "utf8"):
-        raise _Unsupported(f"Content type charset {_shown(charset)} is not supported; send UTF-8.")
+        raise _Unsupported(f"Content type charset {shown(charset)} is not supported; send UTF-8.")
     if mime == CONTENT_CSV:
         columns, rows = csv_columns(raw, scorer)
         return Invocation(columns, rows)
     if mime != CONTENT_JSON:
         raise _Unsupported(
-            f"Content type {_shown(content_type)} is not supported; send {CONTENT_JSON} or {CONTENT_CSV}."
+            f"Content type {shown(content_type)} is not supported; send {CONTENT_JSON} or {CONTENT_CSV}."
         )
     return json_invocation(_load_json(raw), scorer)
 
@@ -270,7 +269,7 @@ def json_invocation(document: Any, scorer: Scorer | None) -> Invocation:
     if len(given) != 1 or unknown:
         raise ValidationError(
             f"The body must have exactly one of {list(FORMATS)} (and optionally 'params'); it has "
-            f"{_listed(document)}."
+            f"{listed(document)}."
         )
     key = given[0]
     value = document[key]
@@ -311,7 +310,7 @@ def split_columns(value: Any, scorer: Scorer | None) -> tuple[Columns, int]:
     extra = sorted(set(value) - {"columns", "data", "index"})
     if "data" not in value or extra:
         raise ValidationError(
-            f"'dataframe_split' must have 'data' and optionally 'columns' and 'index'; it has {_listed(value)}."
+            f"'dataframe_split' must have 'data' and optionally 'columns' and 'index'; it has {listed(value)}."
         )
     names = value.get("columns")
     if names is None:
@@ -359,7 +358,7 @@ def tensor_columns(value: Any, where: str, scorer: Scorer | None) -> tuple[Colum
         if any(lists):
             mixed = sorted(name for name, is_list in zip(value, lists, strict=True) if not is_list)
             raise ValidationError(
-                f"'{where}' mixes lists and single values ({_listed(mixed)} are single values); send one list per input, "
+                f"'{where}' mixes lists and single values ({listed(mixed)} are single values); send one list per input, "
                 "or one value per input for a single row."
             )
         return {name: [v] for name, v in value.items()}, 1
@@ -407,7 +406,7 @@ def _rows_to_columns(rows: list[Any], names: list[str], where: str) -> Columns:
         if not isinstance(row, list) or len(row) != len(names):
             raise ValidationError(
                 f"Row {index} of '{where}' must be a list of {len(names)} values (for {names}), got "
-                f"{_shown(row)}."
+                f"{shown(row)}."
             )
         for name, cell in zip(names, row, strict=True):
             columns[name].append(cell)
@@ -417,11 +416,11 @@ def _rows_to_columns(rows: list[Any], names: list[str], where: str) -> Columns:
 def _column_names(names: Any, where: str) -> list[str]:
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ValidationError(
-            f"{where} must be a non-empty list of column names (strings), got {_shown(names)}."
+            f"{where} must be a non-empty list of column names (strings), got {shown(names)}."
         )
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
-        raise ValidationError(f"{where} names {_listed(duplicated)} more than once; name each column once.")
+        raise ValidationError(f"{where} names {listed(duplicated)} more than once; name each column once.")
     return names
 
 
@@ -449,18 +448,6 @@ def _kind(value: Any) -> str:
     return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
         type(value), "number"
     )
-
-
-def _listed(names: Any) -> str:
-    """Names for a message: each shortened, at most ten (a hostile request may send thousands)."""
-    names = list(names)
-    shown = ", ".join(_shown(name) for name in names[:10])
-    return f"[{shown}{f', ... {len(names) - 10} more' if len(names) > 10 else ''}]"
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class _Unsupported(ValidationError):

@@ -25,10 +25,10 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
-from loopml.errors import NotFoundError, NotReadyError, ValidationError
+from loopml.errors import NotFoundError, NotReadyError, ValidationError, shown
 from loopml.serving.bodies import json_response, openapi_body, parse_body
-from loopml.serving.router import READY, UNAVAILABLE, UNLOADED, LoadedModel, Router, ServedEndpoint
-from loopml.serving.scoring import Scorer
+from loopml.serving.router import READY, UNAVAILABLE, LoadedModel, Router, ServedEndpoint
+from loopml.serving.scoring import Scorer, is_number
 from loopml.serving.service import PREDICT, PROBA, PredictionService, Scored
 
 BINARY_HEADER = "inference-header-content-length"
@@ -184,7 +184,10 @@ def oip_routes(service: PredictionService, router: Router) -> APIRouter:
         await _repository_body(request)
         served = await asyncio.to_thread(router.load, name)
         if served.state == UNAVAILABLE:
-            raise NotReadyError(f"Endpoint '{name}' was loaded but is not ready: {served.reason}.")
+            raise NotReadyError(
+                f"Endpoint '{name}' was loaded but is not ready: {served.reason}; fix or redeploy that route "
+                f"(`loopml endpoints show {name}`)."
+            )
         return json_response({})
 
     @api.post(
@@ -206,29 +209,24 @@ async def _repository_body(request: Request) -> None:
 
 
 def loaded_versions(served: ServedEndpoint) -> list[str]:
-    return [str(v) for v in sorted({model.version.version for model in served.models()})]
+    return [str(v) for v in served.versions]
 
 
 def reference_model(served: ServedEndpoint, version: str | None) -> tuple[LoadedModel, int | None]:
     """The model a request is described by: the pinned version, else the primary's; and the pinned number."""
-    name = served.endpoint.name
-    if served.state == UNLOADED:
-        raise NotReadyError(
-            f"Endpoint '{name}' is unloaded in this server; load it with POST /v2/repository/models/{name}/load."
-        )
+    served.require_loaded()
     if version is None:
         primary = served.table.primary
         if primary is None or primary.served is None:
-            raise NotReadyError(
-                f"Endpoint '{name}' has no model loaded ({served.reason or 'its primary alias is unset'})."
-            )
+            raise served.no_model()
         return primary.served, None
     number = int(version) if version.isascii() and version.isdigit() else None
     for model in served.models():
         if model.version.version == number:
             return model, number
     raise NotFoundError(
-        f"Endpoint '{name}' has no version {version!r} loaded; loaded versions: {loaded_versions(served)}."
+        f"Endpoint '{served.endpoint.name}' has no version {shown(version)} loaded; loaded versions: "
+        f"{loaded_versions(served)}."
     )
 
 
@@ -255,7 +253,11 @@ def readiness(served: ServedEndpoint, version: str | None) -> dict[str, Any]:
     """Ready: the endpoint serves all its routes (with a version: that version is loaded and served)."""
     reference_model(served, version)
     if version is None and served.state != READY:
-        raise NotReadyError(f"Endpoint '{served.endpoint.name}' is not ready: {served.reason}.")
+        name = served.endpoint.name
+        raise NotReadyError(
+            f"Endpoint '{name}' is not ready: {served.reason}; fix or redeploy that route "
+            f"(`loopml endpoints show {name}`)."
+        )
     return {"name": served.endpoint.name, "ready": True}
 
 
@@ -373,7 +375,7 @@ def _coerce(name: str, datatype: str, values: list[Any]) -> list[Any]:
     if datatype == "BOOL":
         return _checked(name, datatype, values, lambda v: isinstance(v, bool), "true or false")
     if datatype in _FLOATS:
-        _checked(name, datatype, values, _is_number, "numbers")
+        _checked(name, datatype, values, is_number, "numbers")
         try:
             return [None if v is None else float(v) for v in values]
         except OverflowError:
@@ -393,16 +395,11 @@ def _coerce(name: str, datatype: str, values: list[Any]) -> list[Any]:
 def _checked(name: str, datatype: str, values: list[Any], ok: Any, what: str) -> list[Any]:
     for index, value in enumerate(values):
         if value is not None and not ok(value):
-            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
             raise ValidationError(
-                f"Input '{name}' is {datatype} but element {index} is {shown} ({type(value).__name__}); "
+                f"Input '{name}' is {datatype} but element {index} is {shown(value)} ({type(value).__name__}); "
                 f"send {what}, or declare the datatype that matches the data."
             )
     return values
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _is_integral(value: Any) -> bool:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from loopml.errors import NotFoundError
+from loopml.errors import NotFoundError, NotReadyError
 from loopml.features.definitions import FeatureService, FeatureView, group_feature_refs
 from loopml.features.on_demand import FeaturePlan, OnDemandFeatureView, plan_features
 from loopml.features.registry import get_view, list_definitions, list_feature_views
@@ -66,6 +66,27 @@ class ServedEndpoint:
 
     def models(self) -> list[LoadedModel]:
         return [routed.served for routed in self.table.routes if routed.served is not None]
+
+    @property
+    def versions(self) -> list[int]:
+        """The version numbers its routes have loaded."""
+        return sorted({model.version.version for model in self.models()})
+
+    def require_loaded(self) -> None:
+        """Refuse requests while the repository API has the endpoint unloaded."""
+        if self.state == UNLOADED:
+            name = self.endpoint.name
+            raise NotReadyError(
+                f"Endpoint '{name}' is unloaded in this server; load it with POST /v2/repository/models/{name}/load."
+            )
+
+    def no_model(self) -> NotReadyError:
+        """The error for a request no loaded model can answer."""
+        name = self.endpoint.name
+        return NotReadyError(
+            f"Endpoint '{name}' has no model loaded ({self.reason or 'its primary alias is unset'}); see "
+            f"`loopml endpoints show {name}` and set the alias its primary route follows."
+        )
 
 
 class Router:
@@ -219,14 +240,9 @@ class Router:
             logger.info("Loaded %s", version.ref)
         else:
             scorer = loaded.scorer
-        fetched = tuple(f for features in group_feature_refs(version.features).values() for f in features)
-        request = [name for name in version.inputs if name not in fetched]
+        fetched, request = input_roles(version, plan.request_fields)
         loaded = LoadedModel(
-            version=version,
-            scorer=scorer,
-            feature_plan=plan,
-            fetched=fetched,
-            request_features=tuple(dict.fromkeys([*request, *plan.request_fields])),
+            version=version, scorer=scorer, feature_plan=plan, fetched=fetched, request_features=request
         )
         self._models[key] = loaded
         return loaded
@@ -291,6 +307,18 @@ class Router:
 
     def _unknown(self, name: str) -> str:
         return f"No endpoint named '{name}' is deployed; deployed: {sorted(self.endpoints) or 'none'}."
+
+
+def input_roles(
+    version: ModelVersion, request_fields: Sequence[str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A version's stored features (read from the online store) and the inputs sent with each request (its
+    own and its on-demand views' `request_fields`); the server and batch scoring share the split."""
+    stored = tuple(f for features in group_feature_refs(version.features).values() for f in features)
+    request = tuple(
+        dict.fromkeys([*(name for name in version.inputs if name not in stored), *request_fields])
+    )
+    return stored, request
 
 
 def release_memory() -> None:

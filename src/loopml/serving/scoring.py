@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loopml.errors import ValidationError
+from loopml.errors import ValidationError, listed, shown
 from loopml.registry.signature import ColumnSpec, Signature
 
 Columns = Mapping[str, Sequence[Any]]
@@ -36,9 +36,9 @@ class Scorer:
 
     @classmethod
     def build(cls, ref: str, model: Any, signature: Signature, inputs: Sequence[str]) -> Scorer:
-        """A scorer for `inputs` in order, typed by the signature (a column it does not type takes anything)."""
+        """A scorer for `inputs` in order (a version's inputs are its signature's columns), typed by the signature."""
         typed = {column.name: column for column in signature.inputs}
-        return cls(ref, model, tuple(typed.get(name, ColumnSpec(name, "string", True)) for name in inputs))
+        return cls(ref, model, tuple(typed[name] for name in inputs))
 
     @property
     def input_names(self) -> list[str]:
@@ -61,7 +61,7 @@ class Scorer:
         unknown = [name for name in columns if name not in self.names]
         if unknown:
             raise ValidationError(
-                f"Unknown input(s) {shorten(unknown)}{where}: model {self.ref} takes {self.input_names}; remove them."
+                f"Unknown input(s) {listed(unknown)}{where}: model {self.ref} takes {self.input_names}; remove them."
             )
         data = {}
         for column in self.columns:
@@ -184,18 +184,25 @@ def _frame(arrays: list[Any], columns: pd.Index, rows: int) -> pd.DataFrame:
 
 
 def _wrong_type(column: ColumnSpec, row: int, value: Any, what: str, where: str) -> ValidationError:
-    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
     return ValidationError(
-        f"Input '{column.name}' must be {what} ({column.type}) but row {row}{where} has {shown} "
+        f"Input '{column.name}' must be {what} ({column.type}) but row {row}{where} has {shown(value)} "
         f"({type(value).__name__})."
     )
 
 
-def shorten(names: list[str], most: int = 10, width: int = 60) -> str:
-    """Names for an error message, each cut to `width` characters and at most `most` of them."""
-    shown = [name if len(name) <= width else name[: width - 3] + "..." for name in names[:most]]
-    more = f" and {len(names) - most} more" if len(names) > most else ""
-    return f"{shown}{more}"
+def is_number(value: object) -> bool:
+    """An int or float as JSON decodes them (a bool is not a number here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def nullable_inputs(policy: str, names: frozenset[str], stored: frozenset[str]) -> frozenset[str]:
+    """The inputs that may be null under an endpoint's NaN policy (the server and batch scoring share it):
+    'allow' all, 'stored' the model's stored features, 'reject' none."""
+    if policy == "allow":
+        return names
+    if policy == "stored":
+        return stored
+    return frozenset()
 
 
 def rows_to_columns(records: Sequence[Any], where: str = "records") -> dict[str, list[Any]]:

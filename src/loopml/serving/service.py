@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from loopml.errors import LoopmlError, NotFoundError, NotReadyError, ValidationError
+from loopml.errors import LoopmlError, NotFoundError, ValidationError, listed
 from loopml.features.lookup_log import FEATURE_LOOKUPS, LoggedLookup
 from loopml.features.online import PRESENT, OnlineFeatures, read_online_async, with_transforms
 from loopml.serving import prediction_cache
@@ -27,9 +27,9 @@ from loopml.serving.batching import AdaptiveBatcher
 from loopml.serving.bodies import json_bytes
 from loopml.serving.metrics import Metrics
 from loopml.serving.prediction_log import PREDICTIONS, BatchWriter
-from loopml.serving.router import UNLOADED, LoadedModel, Router, ServedEndpoint
+from loopml.serving.router import LoadedModel, Router, ServedEndpoint
 from loopml.serving.routing import RoutedTo
-from loopml.serving.scoring import shorten
+from loopml.serving.scoring import nullable_inputs
 
 if TYPE_CHECKING:
     from loopml.project import Project
@@ -146,10 +146,7 @@ class PredictionService:
 
     def _serving(self, name: str) -> ServedEndpoint:
         served = self.router.served(name)
-        if served.state == UNLOADED:
-            raise NotReadyError(
-                f"Endpoint '{name}' is unloaded in this server; load it with POST /v2/repository/models/{name}/load."
-            )
+        served.require_loaded()
         return served
 
     def _pick(
@@ -160,15 +157,12 @@ class PredictionService:
             for routed in served.table.routes:
                 if routed.served is not None and routed.served.version.version == version:
                     return routed
-            loaded = sorted({m.version.version for m in served.models()})
             raise NotFoundError(
-                f"Endpoint '{name}' has no version {version} loaded; loaded versions: {loaded}."
+                f"Endpoint '{name}' has no version {version} loaded; loaded versions: {served.versions}."
             )
         routed = served.table.choose(unit_id)
         if routed is None or routed.served is None:
-            raise NotReadyError(
-                f"Endpoint '{name}' has no model loaded ({served.reason or 'its primary alias is unset'})."
-            )
+            raise served.no_model()
         return routed
 
     async def _score(
@@ -271,14 +265,15 @@ class PredictionService:
         unknown = [name for name in columns if name not in allowed]
         if unknown:
             raise ValidationError(
-                f"Unknown input(s) {shorten(unknown)}: model {model.version.ref} takes {model.scorer.input_names}"
+                f"Unknown input(s) {listed(unknown)}: model {model.version.ref} takes {model.scorer.input_names}"
                 + (f" and the entity keys {list(model.join_keys)}" if model.fetched else "")
                 + "; remove them."
             )
         inputs.update({k: v for k, v in columns.items() if k in model.scorer.names})
         model_columns = {name: inputs[name] for name in model.scorer.input_names if name in inputs}
         try:
-            frame = model.scorer.frame(model_columns, rows, nullable=_nullable(policy, model))
+            nullable = nullable_inputs(policy, model.scorer.names, frozenset(model.fetched))
+            frame = model.scorer.frame(model_columns, rows, nullable=nullable)
         except ValidationError as exc:
             raise ValidationError(f"{exc}{_absent_hint(fetched)}") from None
         return Prepared(frame, model_columns, fetched)
@@ -460,15 +455,6 @@ def _loggable(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
-
-
-def _nullable(policy: str, model: LoadedModel) -> frozenset[str]:
-    """The inputs that may be null under an endpoint's NaN policy (batch scoring applies the same rule)."""
-    if policy == "allow":
-        return model.scorer.names
-    if policy == "stored":
-        return frozenset(model.fetched)
-    return frozenset()
 
 
 def _absent_hint(fetched: OnlineFeatures | None) -> str:
