@@ -28,7 +28,9 @@ How load is made and measured (benchmarks/loadgen.py): arrivals follow a Poisson
 (the same seed for every system at a given rate); a generator process sends each arrival when it is due over
 a pool of keep-alive connections, whatever the server is doing (open loop), and times it from its *scheduled*
 arrival to the end of its answer, so queueing in the server, in the connection pool or in a late generator all
-count. Each step is one continuous run: WARMUP s of load (not counted), then DURATION s measured. A step
+count. loopml runs as `loopml serve --workers 2 --pin-workers` (one process per core, each pinned to its own),
+MLflow as `mlflow models serve -w 2` (the same number of uvicorn workers); `--workers 1` measures a single
+process pinned to SERVER_CPUS. Each step is one continuous run: WARMUP s of load (not counted), then DURATION s measured. A step
 passes when no request failed, p99 <= SLO and the achieved rate is >= 95% of the offered rate. The search
 climbs the ladder until a step fails twice in a row (one retry, as the machine is noisy), then halves the
 gap between the last passing and the failing rate REFINE times (so a server failing the first rung still
@@ -248,7 +250,7 @@ def loopml_server(directory: Path, args: argparse.Namespace) -> Iterator[Server]
     """`loopml serve` for the project in `directory` (ServerProcess), on the server CPUs."""
     from loopml.serving.server import ServerProcess
 
-    server = ServerProcess(directory)
+    server = ServerProcess(directory, workers=args.workers, pin_workers=args.workers > 1)
     with pinned(args.server_cpus), single_threaded_math():
         url = server.start(timeout=300)
     try:
@@ -260,7 +262,8 @@ def loopml_server(directory: Path, args: argparse.Namespace) -> Iterator[Server]
 
 @contextlib.contextmanager
 def mlflow_server(model_dir: Path, args: argparse.Namespace, log: Path) -> Iterator[Server]:
-    """`mlflow models serve -m DIR --env-manager local` from MLflow's venv, on the server CPUs."""
+    """`mlflow models serve -m DIR --env-manager local -w WORKERS` from MLflow's venv, on the server CPUs (as
+    many uvicorn workers as loopml gets)."""
     port = free_port()
     cpus = args.server_cpus
     env = {
@@ -270,7 +273,7 @@ def mlflow_server(model_dir: Path, args: argparse.Namespace, log: Path) -> Itera
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
     }
     command = [str(MLFLOW_VENV / "bin" / "mlflow"), "models", "serve", "-m", str(model_dir)]
-    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(args.workers)]
     with log.open("ab") as out:
         process = subprocess.Popen(
             command,
@@ -1196,6 +1199,12 @@ def arguments() -> argparse.Namespace:
     )
     parser.add_argument("--generator-processes", type=int, default=1)
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="loopml server processes (`loopml serve --workers N`; default 2, one per core here)",
+    )
+    parser.add_argument(
         "--server-cpus", default=None, help="CPUs for the server: '0', '0-1', 'any' (default 0)"
     )
     parser.add_argument("--client-cpus", default=None, help="CPUs for the load generator (default 1)")
@@ -1233,7 +1242,8 @@ def arguments() -> argparse.Namespace:
     if args.check_generator and args.rates == list(LADDER):
         args.rates = [1000, 2000, 3000, 4000, 6000]
     two = (os.cpu_count() or 1) >= 2
-    args.server_cpus = cpu_set(args.server_cpus if args.server_cpus is not None else ("0" if two else "any"))
+    server_default = "0" if two and args.workers == 1 else "any"  # several workers share every core
+    args.server_cpus = cpu_set(args.server_cpus if args.server_cpus is not None else server_default)
     args.client_cpus = cpu_set(args.client_cpus if args.client_cpus is not None else ("1" if two else "any"))
     if args.backends is None:
         why = redis_unreachable()

@@ -17,6 +17,7 @@ from loopml.cli.definitions import collect
 from loopml.cli.endpoints import deploy
 from loopml.cli.feedback import feedback
 from loopml.cli.materialize import materialize
+from loopml.cli.serve import serve
 from loopml.cli.train import train
 from loopml.config import write_config
 from loopml.errors import LoopmlError
@@ -143,21 +144,7 @@ app.command()(train)
 app.command()(deploy)
 app.command()(feedback)
 app.command("batch-score")(batch_score)
-
-
-@app.command()
-def serve(
-    host: str | None = typer.Option(None, help="Interface to listen on (default from loopml.yaml)."),
-    port: int | None = typer.Option(None, help="Port (default from loopml.yaml)."),
-    clock_file: Path | None = typer.Option(None, help="Read simulated time from this file (demo and tests)."),
-    project_dir: Path = ProjectOption,
-) -> None:
-    """Serve every deployed endpoint over HTTP (loopml JSON under /v1, health under /v2, /metrics)."""
-    from loopml.serving.server import serve as run_server
-
-    project = open_project(project_dir, clock_file)
-    settings = project.config["serving"]
-    run_server(project, host or settings["host"], port or int(settings["port"]), log_level="warning")
+app.command()(serve)
 
 
 @app.command()

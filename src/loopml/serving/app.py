@@ -18,7 +18,7 @@ import threadpoolctl
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loopml.errors import LoopmlError
@@ -33,6 +33,7 @@ from loopml.serving.oip import oip_routes
 from loopml.serving.prediction_log import LABEL_SCHEMA, LABELS, PREDICTION_SCHEMA, PREDICTIONS, BatchWriter
 from loopml.serving.router import Router
 from loopml.serving.service import PredictionService, status_of
+from loopml.serving.unloaded import UnloadedEndpoints
 
 if TYPE_CHECKING:
     from loopml.project import Project
@@ -43,15 +44,18 @@ ROUTE_REFRESH_SECONDS = 0.5
 QUEUE_DEPTH_SECONDS = 1.0
 
 
-def create_app(project: Project, *, freeze_startup_heap: bool = False) -> FastAPI:
+def create_app(
+    project: Project, *, freeze_startup_heap: bool = False, unloaded: UnloadedEndpoints | None = None
+) -> FastAPI:
     """Build the serving app for a project; models load at start-up, before the app reports ready.
 
     `freeze_startup_heap` (for a process that only serves) moves what start-up loaded out of the garbage
     collector's sight: a full collection over that heap (libraries, models) paused every request for
-    140-170 ms; afterwards it scans only what requests allocate.
+    140-170 ms; afterwards it scans only what requests allocate. `unloaded` is shared by the worker
+    processes of one server (the repository API's unloads reach all of them).
     """
     metrics = Metrics()
-    router = Router(project.metadata, project.registry, project.path)
+    router = Router(project.metadata, project.registry, project.path, unloaded)
     serving = project.config["serving"]
     threads = int(serving.get("model_threads", 1))
     writers: dict[str, BatchWriter] = {}
@@ -62,12 +66,13 @@ def create_app(project: Project, *, freeze_startup_heap: bool = False) -> FastAP
         batches = {
             "batch_size": int(serving["log_batch_size"]),
             "flush_seconds": float(serving["log_flush_seconds"]),
+            "idle": service.idle,
         }
         writers[PREDICTIONS] = BatchWriter(
             project.offline, PREDICTIONS, PREDICTION_SCHEMA, **batches, on_drop=metrics.dropped.inc
         )
         writers[LABELS] = BatchWriter(
-            project.offline, LABELS, LABEL_SCHEMA, flush_seconds=batches["flush_seconds"]
+            project.offline, LABELS, LABEL_SCHEMA, flush_seconds=float(serving["log_flush_seconds"])
         )
         writers[FEATURE_LOOKUPS] = BatchWriter(
             project.offline,
@@ -99,6 +104,7 @@ def create_app(project: Project, *, freeze_startup_heap: bool = False) -> FastAP
                     writer.close()
                 except LoopmlError:
                     logger.exception("Closing the %s writer failed", writer.dataset)
+            metrics.close()
 
     app = FastAPI(title="loopml", version="0.1.0", lifespan=lifespan)
     app.state.router = router
@@ -128,7 +134,7 @@ def create_app(project: Project, *, freeze_startup_heap: bool = False) -> FastAP
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -1,11 +1,17 @@
 """The server's Prometheus metrics, in one registry per app (so several apps can live in one process).
 
-Labels are endpoint, model version and status: bounded sets, never per request.
+Labels are endpoint, model version and status: bounded sets, never per request. Under `loopml serve --workers N`
+(PROMETHEUS_MULTIPROC_DIR set before the workers start) every worker writes its values to that directory and
+`/metrics`, whichever worker answers, adds up all of them: gauges sum over the live workers.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+MULTIPROCESS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -43,7 +49,10 @@ class Metrics:
             registry=self.registry,
         )
         self.in_flight = Gauge(
-            "loopml_requests_in_flight", "Prediction requests being answered.", registry=self.registry
+            "loopml_requests_in_flight",
+            "Prediction requests being answered.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.batch_size = Histogram(
             "loopml_batch_size",
@@ -63,6 +72,7 @@ class Metrics:
             "Records waiting for the log writer.",
             ["dataset"],
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.dropped = Counter(
             "loopml_prediction_log_dropped",
@@ -87,3 +97,20 @@ class Metrics:
             "Feature lookup log records dropped because the queue was full.",
             registry=self.registry,
         )
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of this server: of this process, or of every worker process."""
+        if not shared_by_workers():
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+
+    def close(self) -> None:
+        """Take this process's gauges out of the workers' sums (it is stopping)."""
+        if shared_by_workers():
+            multiprocess.mark_process_dead(os.getpid())
+
+
+def shared_by_workers() -> bool:
+    return MULTIPROCESS_DIRECTORY in os.environ

@@ -63,6 +63,7 @@ class _FlushRequest:
 
 TABLE_SLICE_ROWS = 64  # records converted to Arrow between two GIL hand-overs
 ROOM_POLL_SECONDS = 0.005  # how often a `put` with a timeout looks for room
+IDLE_WAIT_SECONDS = 0.02  # the longest the writer waits for a moment without requests before working anyway
 
 
 class BatchWriter:
@@ -74,6 +75,10 @@ class BatchWriter:
     records and is retried every `flush_seconds`; meanwhile the queue fills and `put` starts refusing, so
     memory stays bounded and every loss is counted. With `expand`, a queued item is turned into its records
     in the writer thread, off the caller's path; an item it cannot expand is skipped with a warning.
+
+    With `idle` (an event a server sets while no request is in flight), the writer does its Python work
+    (expanding items, converting records) in small slices, each when the server is idle or at the latest
+    IDLE_WAIT_SECONDS later: a request then rarely waits for the GIL behind a batch being converted.
     """
 
     def __init__(
@@ -87,9 +92,11 @@ class BatchWriter:
         max_queue: int = 100_000,
         on_drop: Callable[[], None] | None = None,
         expand: Callable[[Any], list[dict[str, Any]]] | None = None,
+        idle: threading.Event | None = None,
     ) -> None:
         self.offline, self.dataset, self.schema = offline, dataset, schema
         self._expand = expand
+        self._idle = idle
         self.batch_size, self.flush_seconds, self.max_queue = batch_size, flush_seconds, max_queue
         self._items: collections.deque[Any] = collections.deque()  # append/popleft are thread-safe
         self._flushes: collections.deque[_FlushRequest] = collections.deque()
@@ -211,9 +218,7 @@ class BatchWriter:
     def _records(self, item: Any) -> list[dict[str, Any]]:
         if self._expand is None:
             return [item]
-        time.sleep(
-            0
-        )  # hand the GIL to a waiting request between items: a batch of them is tens of ms of Python
+        self._pause()  # between items: a batch of them is tens of ms of Python
         try:
             return self._expand(item)
         except Exception as exc:
@@ -228,7 +233,7 @@ class BatchWriter:
         days = list(by_day)
         for index, day in enumerate(days):
             try:
-                table = _in_slices(by_day[day], self.schema)
+                table = self._in_slices(by_day[day])
             except (pa.ArrowException, TypeError, ValueError):
                 logger.exception("Dropping %d malformed %s records", len(by_day[day]), self.dataset)
                 self._drop(len(by_day[day]))
@@ -240,6 +245,22 @@ class BatchWriter:
                 logger.error("Writing %d %s records failed (%s); retrying", len(remaining), self.dataset, exc)
                 return remaining, f"{type(exc).__name__}: {exc}"
         return [], None
+
+    def _in_slices(self, records: list[dict[str, Any]]) -> pa.Table:
+        """`record_table` a slice at a time, pausing between slices: converting Python values holds the GIL,
+        and a request waiting behind 500 records' conversion would wait milliseconds."""
+        tables = []
+        for start in range(0, len(records), TABLE_SLICE_ROWS):
+            self._pause()
+            tables.append(record_table(records[start : start + TABLE_SLICE_ROWS], self.schema))
+        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+    def _pause(self) -> None:
+        """Let requests have the GIL: wait for an idle moment when there is an `idle` event, else yield once."""
+        if self._idle is None or self._stopping or self._flushes:
+            time.sleep(0)
+        else:
+            self._idle.wait(IDLE_WAIT_SECONDS)
 
     def _drop(self, count: int) -> None:
         self.dropped += count
@@ -262,16 +283,6 @@ def append_by_day(offline: OfflineStore, dataset: str, table: pa.Table) -> int:
     for day in pc.unique(days).to_pylist():
         offline.append(dataset, table.filter(pc.equal(days, day)), partition=day)
     return table.num_rows
-
-
-def _in_slices(records: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    """`record_table` a slice at a time, yielding the GIL between slices: converting Python values holds it,
-    and a request waiting behind 500 records' conversion would wait milliseconds."""
-    tables = []
-    for start in range(0, len(records), TABLE_SLICE_ROWS):
-        tables.append(record_table(records[start : start + TABLE_SLICE_ROWS], schema))
-        time.sleep(0)
-    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
 def record_table(records: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:

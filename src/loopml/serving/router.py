@@ -26,6 +26,7 @@ from loopml.registry.models import ModelRegistry, ModelVersion
 from loopml.serving.endpoints import PRIMARY, Endpoint, Route, list_endpoints
 from loopml.serving.routing import RoutedTo, RouteTable
 from loopml.serving.scoring import Scorer
+from loopml.serving.unloaded import UnloadedEndpoints
 from loopml.storage.metadata import MetadataStore
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,11 @@ class Router:
     """Keeps the route tables of every endpoint and the model versions they (or a rollback) need."""
 
     def __init__(
-        self, metadata: MetadataStore, registry: ModelRegistry, search_path: Path | None = None
+        self,
+        metadata: MetadataStore,
+        registry: ModelRegistry,
+        search_path: Path | None = None,
+        unloaded: UnloadedEndpoints | None = None,
     ) -> None:
         self.metadata = metadata
         self.registry = registry
@@ -103,7 +108,7 @@ class Router:
         self.feature_services: dict[str, FeatureService] = {}
         self._plans: dict[tuple[str, ...], FeaturePlan] = {}  # of these feature views
         self.seen_counter = -1
-        self.unloaded: set[str] = set()  # endpoints unloaded through the repository API
+        self.unloaded = unloaded if unloaded is not None else UnloadedEndpoints()  # by the repository API
         self._models: dict[ModelKey, LoadedModel] = {}
         self._previous_primary: dict[str, ModelKey] = {}
         self._lock = threading.Lock()
@@ -126,7 +131,7 @@ class Router:
         A route whose version cannot be loaded keeps the version it had, if any (else the endpoint is
         UNAVAILABLE for that route and its traffic goes to the primary).
         """
-        if self.metadata.change_counter() == self.seen_counter and not force:
+        if not self.unloaded.changed() and self.metadata.change_counter() == self.seen_counter and not force:
             return False
         with self._lock:
             counter = self.metadata.change_counter()
@@ -141,7 +146,7 @@ class Router:
             }
             served = {}
             deployed = list_endpoints(self.metadata)
-            self.unloaded &= {endpoint.name for endpoint in deployed}
+            self.unloaded.keep_only(endpoint.name for endpoint in deployed)
             for endpoint in deployed:
                 if endpoint.name in self.unloaded:
                     served[endpoint.name] = ServedEndpoint(

@@ -36,9 +36,16 @@ class ServerProcess:
     """`loopml serve` as a child process on loopback, started and stopped by its owner (demo, tests)."""
 
     def __init__(
-        self, project_dir: Path, *, clock_file: Path | None = None, log_path: Path | None = None
+        self,
+        project_dir: Path,
+        *,
+        clock_file: Path | None = None,
+        log_path: Path | None = None,
+        workers: int = 1,
+        pin_workers: bool = False,
     ) -> None:
         self.project_dir = Path(project_dir)
+        self.workers, self.pin_workers = workers, pin_workers
         self.clock_file = clock_file
         self.log_path = log_path or self.project_dir / "serve.log"
         self.port = _free_port()
@@ -57,6 +64,9 @@ class ServerProcess:
             "127.0.0.1",
             "--port",
             str(self.port),
+            "--workers",
+            str(self.workers),
+            "--pin-workers" if self.pin_workers else "--no-pin-workers",
         ]
         if self.clock_file is not None:
             command += ["--clock-file", str(self.clock_file)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -81,6 +82,8 @@ class PredictionService:
         self._batchers: dict[tuple[Any, ...], AdaptiveBatcher] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._in_flight = 0
+        self.idle = threading.Event()  # set while no request is in flight: the log writers work then
+        self.idle.set()
         self._shadow_queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self._shadow_ready = asyncio.Event()
 
@@ -102,6 +105,7 @@ class PredictionService:
         started = time.perf_counter()
         self.metrics.in_flight.inc()
         self._in_flight += 1
+        self.idle.clear()
         label = ""
         try:
             served = self._serving(name)
@@ -117,6 +121,8 @@ class PredictionService:
         finally:
             self.metrics.in_flight.dec()
             self._in_flight -= 1
+            if not self._in_flight:
+                self.idle.set()
         self.metrics.requests.labels(name, label, "200").inc()
         self.metrics.duration.labels(name, label).observe(time.perf_counter() - started)
         return scored, mirror
