@@ -256,3 +256,28 @@ def test_append_by_day_uses_the_writers_partitions(tmp_path: Path) -> None:
     assert folders == [day_partition(T0), day_partition(T0 + timedelta(minutes=5)), "date=2026-01-04"]
     assert folders[:2] == ["date=2026-01-01", "date=2026-01-02"]
     assert sorted(offline.read(LABELS).prediction_id) == ["p0", "p1", "p2"]
+
+
+def test_a_writer_waiting_for_idle_moments_still_writes_when_the_server_is_never_idle(tmp_path: Path) -> None:
+    import time
+
+    offline = OfflineStore(tmp_path)
+    never_idle = threading.Event()  # a saturated server never sets it
+    expanded = []
+    writer = BatchWriter(
+        offline,
+        "labels",
+        LABEL_SCHEMA,
+        batch_size=50,
+        flush_seconds=0.05,
+        idle=never_idle,
+        expand=lambda item: expanded.append(item) or [item],
+    )
+    for i in range(200):
+        writer.put(label(i))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(expanded) < 200:
+        time.sleep(0.05)
+    assert len(expanded) == 200  # each slice waited a little for an idle moment, then went ahead
+    writer.close()
+    assert len(offline.read("labels")) == 200
