@@ -1,5 +1,6 @@
 """`loopml serve --workers 2`: two processes on one port behave as one server."""
 
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -136,3 +137,20 @@ def test_a_bad_worker_count_is_refused_with_what_to_use(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["serve", "--project", str(tmp_path), "--workers", "0"])
     assert result.exit_code != 0
     assert "from 1 to 64" in str(result.exception)
+
+
+def test_a_port_in_use_is_refused_before_any_worker_starts(tmp_path: Path) -> None:
+    import socket
+
+    write_config(tmp_path, "workers")
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # even one that shares its port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            app, ["serve", "--project", str(tmp_path), "--workers", "2", "--port", str(port)]
+        )
+    assert result.exit_code != 0
+    assert f"Cannot listen on 127.0.0.1:{port}" in str(result.exception)
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ  # this process's metrics stay its own

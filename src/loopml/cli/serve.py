@@ -20,6 +20,8 @@ import socket
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -86,6 +88,8 @@ def serve_workers(
     sometimes runs both workers of a two-core machine on one core for a few milliseconds: at 2,000 req/s the
     p99 was 6.6-10.2 ms unpinned and 4.2-5.7 ms pinned (benchmarks/serving.py).
     """
+    _refuse_taken_port(host, port)
+    cpus = sorted(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="loopml-serve-") as state:
         metrics = Path(state) / "metrics"
         metrics.mkdir()
@@ -95,11 +99,25 @@ def serve_workers(
             "state": state,
         }
         # Set before the workers start, so that they import prometheus_client with it.
-        os.environ[MULTIPROCESS_DIRECTORY] = str(metrics)
-        os.environ[WORKER_SETTINGS] = json.dumps(settings)
-        cpus = sorted(os.sched_getaffinity(0))
-        sockets = [_bound_socket(host, port) for _ in range(workers)]
-        Supervisor(sockets, [cpus[k % len(cpus)] for k in range(workers)] if pin else None).run()
+        environment = {MULTIPROCESS_DIRECTORY: str(metrics), WORKER_SETTINGS: json.dumps(settings)}
+        with _environment(environment):
+            sockets = [_bound_socket(host, port) for _ in range(workers)]
+            Supervisor(sockets, [cpus[k % len(cpus)] for k in range(workers)] if pin else None).run()
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block (the worker processes inherit them), then restore them."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class Supervisor:
@@ -163,7 +181,27 @@ def _run_worker(sock: socket.socket, cpu: int | None) -> None:
     config = uvicorn.Config(
         "loopml.cli.serve:worker_app", factory=True, log_level="warning", access_log=False, workers=1
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    except Exception:
+        if server.started:
+            raise
+        logger.exception("A worker failed before it could serve")
+        sys.exit(STARTUP_FAILURE)  # the supervisor stops instead of restarting it in a loop
+
+
+def _refuse_taken_port(host: str, port: int) -> None:
+    """Fail clearly when something listens on host:port already, even another server sharing it by
+    SO_REUSEPORT (the workers' own sockets would join that one's group silently)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ValidationError(
+                f"Cannot listen on {host}:{port} ({exc.strerror}); choose another --port or stop what uses it."
+            ) from None
 
 
 def _bound_socket(host: str, port: int) -> socket.socket:
@@ -172,13 +210,7 @@ def _bound_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ValidationError(
-            f"Cannot listen on {host}:{port} ({exc.strerror}); choose another --port or stop what uses it."
-        ) from None
+    sock.bind((host, port))
     sock.set_inheritable(True)
     return sock
 
