@@ -31,10 +31,9 @@ from uvicorn.config import STARTUP_FAILURE
 
 from loopml.cli.common import ProjectOption, open_project
 from loopml.errors import ValidationError
-from loopml.serving.app import create_app
 from loopml.serving.metrics import MULTIPROCESS_DIRECTORY
-from loopml.serving.server import SWITCH_INTERVAL_SECONDS
 from loopml.serving.server import serve as serve_one
+from loopml.serving.server import serving_app
 from loopml.serving.unloaded import UnloadedEndpoints
 
 logger = logging.getLogger(__name__)
@@ -194,7 +193,7 @@ def _run_worker(sock: socket.socket, cpu: int | None) -> None:
 def _refuse_taken_port(host: str, port: int) -> None:
     """Fail clearly when something listens on host:port already, even another server sharing it by
     SO_REUSEPORT (the workers' own sockets would join that one's group silently)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
@@ -206,8 +205,7 @@ def _refuse_taken_port(host: str, port: int) -> None:
 
 def _bound_socket(host: str, port: int) -> socket.socket:
     """A socket bound to host:port that shares the port with its siblings; it listens once its worker starts."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
@@ -218,11 +216,14 @@ def _bound_socket(host: str, port: int) -> socket.socket:
 def worker_app() -> FastAPI:
     """The app of one worker process (uvicorn calls this in each worker, with WORKER_SETTINGS set)."""
     settings = json.loads(os.environ[WORKER_SETTINGS])
-    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     clock_file = Path(settings["clock_file"]) if settings["clock_file"] else None
     project = open_project(Path(settings["project"]), clock_file)
     unloaded = UnloadedEndpoints(Path(settings["state"]))
-    return create_app(project, freeze_startup_heap=True, unloaded=unloaded)
+    return serving_app(project, unloaded)
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def _worker_count(value: object) -> int:

@@ -66,13 +66,17 @@ def create_app(
         batches = {
             "batch_size": int(serving["log_batch_size"]),
             "flush_seconds": float(serving["log_flush_seconds"]),
-            "idle": service.idle,
         }
         writers[PREDICTIONS] = BatchWriter(
-            project.offline, PREDICTIONS, PREDICTION_SCHEMA, **batches, on_drop=metrics.dropped.inc
+            project.offline,
+            PREDICTIONS,
+            PREDICTION_SCHEMA,
+            **batches,
+            on_drop=metrics.dropped.inc,
+            idle=service.idle,
         )
         writers[LABELS] = BatchWriter(
-            project.offline, LABELS, LABEL_SCHEMA, flush_seconds=float(serving["log_flush_seconds"])
+            project.offline, LABELS, LABEL_SCHEMA, flush_seconds=batches["flush_seconds"]
         )
         writers[FEATURE_LOOKUPS] = BatchWriter(
             project.offline,
@@ -81,6 +85,7 @@ def create_app(
             **batches,
             on_drop=metrics.lookups_dropped.inc,
             expand=expand_lookup,
+            idle=service.idle,
         )
         await asyncio.to_thread(router.refresh, force=True)
         limit_model_threads(threads)
