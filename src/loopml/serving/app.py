@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import threading
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from loopml.errors import LoopmlError
 from loopml.features.lookup_log import FEATURE_LOOKUPS, LOOKUP_SCHEMA, expand_lookup
 from loopml.serving.bodies import describe_errors
+from loopml.serving.endpoints import SHADOW
 from loopml.serving.feature_routes import feature_routes
 from loopml.serving.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from loopml.serving.loopml_api import loopml_routes
@@ -33,6 +35,7 @@ from loopml.serving.oip import oip_routes
 from loopml.serving.prediction_log import LABEL_SCHEMA, LABELS, PREDICTION_SCHEMA, PREDICTIONS, BatchWriter
 from loopml.serving.router import Router
 from loopml.serving.service import PredictionService, status_of
+from loopml.serving.shadow_process import ShadowProcess
 from loopml.serving.unloaded import UnloadedEndpoints
 
 if TYPE_CHECKING:
@@ -59,43 +62,21 @@ def create_app(
     serving = project.config["serving"]
     threads = int(serving.get("model_threads", 1))
     writers: dict[str, BatchWriter] = {}
-    service = PredictionService(project, router, metrics, writers)
+    shadows = ShadowProcess(project.path)
+    service = PredictionService(project, router, metrics, writers, shadows)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        batches = {
-            "batch_size": int(serving["log_batch_size"]),
-            "flush_seconds": float(serving["log_flush_seconds"]),
-        }
-        writers[PREDICTIONS] = BatchWriter(
-            project.offline,
-            PREDICTIONS,
-            PREDICTION_SCHEMA,
-            **batches,
-            on_drop=metrics.dropped.inc,
-            idle=service.idle,
-        )
-        writers[LABELS] = BatchWriter(
-            project.offline, LABELS, LABEL_SCHEMA, flush_seconds=batches["flush_seconds"]
-        )
-        writers[FEATURE_LOOKUPS] = BatchWriter(
-            project.offline,
-            FEATURE_LOOKUPS,
-            LOOKUP_SCHEMA,
-            **batches,
-            on_drop=metrics.lookups_dropped.inc,
-            expand=expand_lookup,
-            idle=service.idle,
-        )
+        writers.update(log_writers(project, metrics, service.idle))
         await asyncio.to_thread(router.refresh, force=True)
+        await asyncio.to_thread(_keep_shadows_running, router, shadows)
         limit_model_threads(threads)
         if freeze_startup_heap:
             gc.collect()
             gc.freeze()
         tasks = [
-            asyncio.create_task(_refresh_routes(router, service, threads)),
+            asyncio.create_task(_refresh_routes(router, service, shadows, threads)),
             asyncio.create_task(_watch_queues(writers, metrics)),
-            asyncio.create_task(service.run_shadows()),
         ]
         try:
             yield
@@ -103,6 +84,7 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await service.close()
+            await asyncio.to_thread(shadows.close)
             await project.online.aclose()
             for writer in writers.values():
                 try:
@@ -113,6 +95,7 @@ def create_app(
 
     app = FastAPI(title="loopml", version="0.1.0", lifespan=lifespan)
     app.state.router = router
+    app.state.shadows = shadows
     app.add_middleware(BodyLimit, max_bytes=int(serving.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)))
     app.include_router(feature_routes(project, router, metrics.registry, writers))
     app.include_router(loopml_routes(service, router, metrics, writers, project.clock))
@@ -144,15 +127,51 @@ def create_app(
     return app
 
 
-async def _refresh_routes(router: Router, service: PredictionService, threads: int) -> None:
+def log_writers(
+    project: Project, metrics: Metrics, idle: threading.Event | None = None
+) -> dict[str, BatchWriter]:
+    """The background writers of predictions, labels and feature lookups (they work while `idle` is set)."""
+    serving = project.config["serving"]
+    batches = {
+        "batch_size": int(serving["log_batch_size"]),
+        "flush_seconds": float(serving["log_flush_seconds"]),
+    }
+    return {
+        PREDICTIONS: BatchWriter(
+            project.offline, PREDICTIONS, PREDICTION_SCHEMA, **batches, on_drop=metrics.dropped.inc, idle=idle
+        ),
+        LABELS: BatchWriter(project.offline, LABELS, LABEL_SCHEMA, flush_seconds=batches["flush_seconds"]),
+        FEATURE_LOOKUPS: BatchWriter(
+            project.offline,
+            FEATURE_LOOKUPS,
+            LOOKUP_SCHEMA,
+            **batches,
+            on_drop=metrics.lookups_dropped.inc,
+            expand=expand_lookup,
+            idle=idle,
+        ),
+    }
+
+
+async def _refresh_routes(
+    router: Router, service: PredictionService, shadows: ShadowProcess, threads: int
+) -> None:
     while True:
         await asyncio.sleep(ROUTE_REFRESH_SECONDS)
         try:
             if await asyncio.to_thread(router.refresh):
                 limit_model_threads(threads)  # a newly loaded model may have brought its own thread pool
+            await asyncio.to_thread(_keep_shadows_running, router, shadows)
             service.prune_batchers()  # after a refresh, a load or an unload
         except Exception:  # keep serving the last good routes; the next tick retries
             logger.exception("Route refresh failed")
+
+
+def _keep_shadows_running(router: Router, shadows: ShadowProcess) -> None:
+    """Start the shadow process once an endpoint has a shadow route (again if it died); pass it the unloads."""
+    shadows.set_unloaded(router.unloaded.names)
+    if any(r.route.mode == SHADOW for s in router.endpoints.values() for r in s.table.routes):
+        shadows.ensure_running()
 
 
 def limit_model_threads(threads: int) -> None:

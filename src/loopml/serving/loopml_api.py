@@ -94,7 +94,7 @@ def loopml_routes(
     @api.post("/predictions/flush")
     async def flush() -> dict[str, bool]:
         """Write everything queued so far (predictions, shadow predictions, labels, feature lookups)."""
-        await service.drain_shadows()
+        await service.flush_shadows()
         for writer in writers.values():
             await asyncio.to_thread(writer.flush)
         return {"flushed": True}

@@ -81,13 +81,13 @@ class Metrics:
         )
         self.shadow = Counter(
             "loopml_shadow_predictions",
-            "Predictions made by shadow routes (logged, not returned).",
+            "Rows mirrored to shadow routes (scored and logged by the shadow process, never returned).",
             ["endpoint", "version"],
             registry=self.registry,
         )
         self.shadow_dropped = Counter(
             "loopml_shadow_dropped",
-            "Mirrored requests dropped because the shadow queue was full (the primary was too busy).",
+            "Rows not mirrored because the shadow process's queue was full (no spare capacity).",
             ["endpoint"],
             registry=self.registry,
         )

@@ -99,8 +99,10 @@ class Router:
         registry: ModelRegistry,
         search_path: Path | None = None,
         unloaded: UnloadedEndpoints | None = None,
+        modes: frozenset[str] | None = None,
     ) -> None:
         self.metadata = metadata
+        self.modes = modes  # the route modes whose models this router loads (None: all)
         self.registry = registry
         self.search_path = search_path  # where on-demand views' code is imported from
         self.endpoints: dict[str, ServedEndpoint] = {}
@@ -210,6 +212,9 @@ class Router:
         kept = {r.route.name: r.served for r in before.table.routes} if before else {}
         routed, problems = [], []
         for route in endpoint.routes:
+            if self.modes is not None and route.mode not in self.modes:
+                routed.append(RoutedTo(route, None))
+                continue
             try:
                 model = self._model_for(route)
             except Exception as exc:  # a broken version must not take the other routes down with it
@@ -220,7 +225,8 @@ class Router:
                 model = kept.get(route.name)
             routed.append(RoutedTo(route, model))
         self._remember_primary(endpoint.name, before, routed)
-        state = READY if all(r.served is not None for r in routed) else UNAVAILABLE
+        loaded = all(r.served is not None for r in routed if self.modes is None or r.route.mode in self.modes)
+        state = READY if loaded else UNAVAILABLE
         return ServedEndpoint(endpoint, RouteTable(endpoint.salt, routed), state, "; ".join(problems))
 
     def _model_for(self, route: Route) -> LoadedModel | None:
@@ -270,7 +276,7 @@ class Router:
             if name in self._previous_primary:
                 needed.add(self._previous_primary[name])
             for route in endpoint.endpoint.routes:
-                if route.alias is not None and route.mode == PRIMARY:
+                if route.alias is not None and route.mode == PRIMARY and self.modes is None:
                     needed.update(self._previous_holder(route))
         return needed
 

@@ -8,13 +8,13 @@ what is logged) happens here once.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,13 +31,12 @@ from loopml.serving.prediction_log import PREDICTIONS, BatchWriter
 from loopml.serving.router import LoadedModel, Router, ServedEndpoint
 from loopml.serving.routing import RoutedTo
 from loopml.serving.scoring import nullable_inputs
+from loopml.serving.shadow_process import Mirrored, ShadowProcess
 
 if TYPE_CHECKING:
     from loopml.project import Project
 
 logger = logging.getLogger(__name__)
-MAX_SHADOW_QUEUE = 10_000  # mirrored requests waiting for spare time; past that they are dropped and counted
-SHADOW_IDLE_POLL_SECONDS = 0.0005
 SCORES, PREDICT, PROBA = "scores", "predict", "predict_proba"
 Columns = dict[str, list[Any]]
 
@@ -72,8 +71,14 @@ class PredictionService:
     """Answers prediction requests for every endpoint the router serves."""
 
     def __init__(
-        self, project: Project, router: Router, metrics: Metrics, writers: Mapping[str, BatchWriter]
+        self,
+        project: Project,
+        router: Router,
+        metrics: Metrics,
+        writers: Mapping[str, BatchWriter],
+        shadows: ShadowProcess | None = None,
     ) -> None:
+        """`shadows` scores the requests mirrored to shadow routes (the shadow process itself has none)."""
         self.project = project
         self.router = router
         self.metrics = metrics
@@ -84,8 +89,7 @@ class PredictionService:
         self._in_flight = 0
         self.idle = threading.Event()  # set while no request is in flight: the log writers work then
         self.idle.set()
-        self._shadow_queue: collections.deque[tuple[Any, ...]] = collections.deque()
-        self._shadow_ready = asyncio.Event()
+        self.shadows = shadows
 
     async def predict(
         self,
@@ -111,9 +115,10 @@ class PredictionService:
             served = self._serving(name)
             routed = self._pick(served, unit_id, version)
             label = str(routed.served.version.version)
-            scored = await self._score(served, routed, columns, rows, methods, unit_id, started)
-            shadows = served.table.shadows(unit_id) if version is None else []
-            mirror = self._mirror(served, shadows, columns, rows, unit_id) if shadows else None
+            now = self.project.clock.now()
+            scored = await self._score(served, routed, columns, rows, methods, unit_id, started, now)
+            shadows = served.table.shadows(unit_id) if version is None and self.shadows else []
+            mirror = self._mirror(served, shadows, columns, rows, unit_id, now) if shadows else None
         except Exception as exc:
             known = name if name in self.router.endpoints else "unknown"  # no series per made-up name
             self.metrics.requests.labels(known, label, str(status_of(exc))).inc()
@@ -127,26 +132,12 @@ class PredictionService:
         self.metrics.duration.labels(name, label).observe(time.perf_counter() - started)
         return scored, mirror
 
-    async def run_shadows(self) -> None:
-        """Score mirrored requests with the loop's spare time: one at a time, only while no request is being
-        answered, so a shadow route takes capacity the primary does not use and never adds to its latency."""
-        while True:
-            if not self._shadow_queue:
-                self._shadow_ready.clear()
-                await self._shadow_ready.wait()
-            if self._in_flight:
-                await asyncio.sleep(SHADOW_IDLE_POLL_SECONDS)
-                continue
-            await self._shadow(*self._shadow_queue.popleft())
-            await asyncio.sleep(0)  # let arrived requests in before the next one
-
-    async def drain_shadows(self) -> None:
-        """Score every mirrored request queued so far (a flush and a shutdown log them too)."""
-        while self._shadow_queue:
-            await self._shadow(*self._shadow_queue.popleft())
+    async def flush_shadows(self) -> None:
+        """Wait until every request mirrored so far is scored and logged by the shadow process."""
+        if self.shadows is not None:
+            await asyncio.to_thread(self.shadows.flush)
 
     async def close(self) -> None:
-        await self.drain_shadows()
         for batcher in self._batchers.values():
             await batcher.close()
 
@@ -180,13 +171,13 @@ class PredictionService:
         methods: tuple[str, ...],
         unit_id: str | None,
         started: float,
+        now: datetime,
         *,
         returned: bool = True,
     ) -> Scored:
         model = routed.served
         assert model is not None
         name = served.endpoint.name
-        now = self.project.clock.now()
         cached = await self._cached(served, model, columns, rows, methods, now) if returned else None
         if cached is not None:
             outputs, prepared = {SCORES: cached}, None
@@ -352,35 +343,45 @@ class PredictionService:
         columns: Columns,
         rows: int,
         unit_id: str | None,
+        now: datetime,
     ) -> Callable[[], Awaitable[None]]:
-        """Work to run after the answer is sent: queue the request for each shadow route (full queue: drop)."""
+        """Work to run after the answer is sent: hand the request to the shadow process for each shadow route
+        (its queue full: dropped and counted)."""
+        assert self.shadows is not None
+        shadow_process = self.shadows
+        name = served.endpoint.name
 
         async def run() -> None:
             for routed in shadows:
-                if len(self._shadow_queue) >= MAX_SHADOW_QUEUE:
-                    self.metrics.shadow_dropped.labels(served.endpoint.name).inc(rows)
-                    continue
-                self._shadow_queue.append((served, routed, columns, rows, unit_id))
-            self._shadow_ready.set()
+                assert routed.served is not None
+                version = routed.served.version
+                mirrored = Mirrored(
+                    name, routed.route.name, version.model_name, version.version, columns, rows, unit_id, now
+                )
+                if shadow_process.submit(mirrored):
+                    self.metrics.shadow.labels(name, str(version.version)).inc(rows)
+                else:
+                    self.metrics.shadow_dropped.labels(name).inc(rows)
 
         return run
 
-    async def _shadow(
-        self,
-        served: ServedEndpoint,
-        routed: RoutedTo[LoadedModel],
-        columns: Columns,
-        rows: int,
-        unit_id: str | None,
+    async def score_shadow(
+        self, served: ServedEndpoint, routed: RoutedTo[LoadedModel], request: Mirrored
     ) -> None:
-        """Score one mirrored request with a shadow route and log it; it logs failures, never raises."""
-        assert routed.served is not None
+        """Score a mirrored request with a shadow route as of its time and log it; logs failures, never raises."""
         name = served.endpoint.name
         try:
             await self._score(
-                served, routed, columns, rows, (SCORES,), unit_id, time.perf_counter(), returned=False
+                served,
+                routed,
+                request.columns,
+                request.rows,
+                (SCORES,),
+                request.unit_id,
+                time.perf_counter(),
+                request.at,
+                returned=False,
             )
-            self.metrics.shadow.labels(name, str(routed.served.version.version)).inc(rows)
         except LoopmlError as exc:
             logger.info("Shadow route %s of %s refused the request: %s", routed.route.name, name, exc)
         except Exception:

@@ -42,6 +42,13 @@ class UnloadedEndpoints:
         self._names = names
         return True
 
+    @property
+    def names(self) -> frozenset[str]:
+        return self._names
+
+    def replace(self, names: Iterable[str]) -> None:
+        self._update(lambda _: frozenset(names))
+
     def add(self, name: str) -> None:
         self._update(lambda names: names | {name})
 
