@@ -38,8 +38,8 @@ MAX_QUEUE = 10_000  # mirrored requests waiting for spare capacity; past that th
 FLUSH_TIMEOUT_SECONDS = 120.0  # a flush waits this long for the child (it may be starting: imports, models)
 STOP_SECONDS = 60.0  # at shutdown the child scores what is queued and flushes its log within this
 POLL_SECONDS = 0.5  # with an empty queue the child reads route changes and checks its parent this often
-BUSY_REFRESH_SECONDS = 5.0  # and at least this often under load (or at once for a version not loaded yet):
-_IDLE = object()  # so what was queued for a route just removed is still scored with its model
+_IDLE = object()  # routes are re-read only then (or for a version not loaded yet), so what was queued for a
+# route just removed is still scored with its model
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,6 @@ async def _score_forever(project: Project, inbox: Any, acks: Any, parent: int) -
     writers = log_writers(project, metrics)
     service = PredictionService(project, router, metrics, writers)
     loop = asyncio.get_running_loop()
-    refreshed = time.monotonic()
     try:
         router.refresh(force=True)
         limit_model_threads(int(project.config["serving"].get("model_threads", 1)))
@@ -205,10 +204,9 @@ async def _score_forever(project: Project, inbox: Any, acks: Any, parent: int) -
             message = await loop.run_in_executor(None, _next, inbox, parent)
             if message is None:
                 break
-            if message is _IDLE or time.monotonic() - refreshed > BUSY_REFRESH_SECONDS:
+            if message is _IDLE:
                 router.refresh()
-                refreshed = time.monotonic()
-            if isinstance(message, Mirrored):
+            elif isinstance(message, Mirrored):
                 await _score(service, router, message)
             elif isinstance(message, _Flush):
                 for writer in writers.values():
