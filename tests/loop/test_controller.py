@@ -100,7 +100,7 @@ def test_controller_sees_no_drift_on_familiar_traffic_and_drift_on_shifted_traff
     )
     assert report.exit_code == 0, report.output
     amount_row = next(line for line in report.output.splitlines() if "amount" in line)
-    assert "ks" in amount_row and "drift" in amount_row
+    assert "ks" in amount_row and "critical" in amount_row
     assert "drift share: 0.33 (1 of 3 features)" in report.output
 
 

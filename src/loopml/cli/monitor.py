@@ -9,6 +9,7 @@ from rich.table import Table
 
 from loopml.cli.common import ProjectOption, console, open_project, parse_duration, parse_time
 from loopml.errors import ValidationError
+from loopml.monitoring.drift import CRITICAL, WARNING, DriftSettings
 from loopml.monitoring.model_drift import model_drift
 from loopml.serving.endpoints import get_endpoint, route_versions
 
@@ -20,7 +21,9 @@ def drift(
     endpoint: str,
     window: str = typer.Option("1d", help="How far back from --at to read predictions (e.g. 6h, 2d)."),
     at: str | None = typer.Option(None, help="End of the window (ISO time); default now."),
-    threshold: float = typer.Option(0.05, help="p-value below which a feature counts as drifted."),
+    threshold: float = typer.Option(
+        0.05, help="p-value below which a p-value test warns (critical below 0.01 or this, if lower)."
+    ),
     project_dir: Path = ProjectOption,
 ) -> None:
     """Per-feature drift between the served model's training set and recent predictions."""
@@ -37,20 +40,33 @@ def drift(
         endpoint,
         end - parse_duration(window),
         end,
-        threshold=threshold,
+        settings=DriftSettings(p_value_warning=threshold, p_value_critical=min(threshold, 0.01)),
     )
-    table = Table("feature", "method", "statistic", "p-value", "threshold", "reference", "current", "verdict")
+    table = Table(
+        "feature",
+        "method",
+        "statistic",
+        "p-value",
+        "warning",
+        "critical",
+        "reference",
+        "current",
+        "severity",
+        "why",
+    )
     for f in report.features:
-        style = "red" if f.drifted else None
+        style = {CRITICAL: "red", WARNING: "yellow"}.get(f.severity)
         table.add_row(
             f.feature,
             f.method,
             _num(f.statistic),
             _num(f.p_value),
-            str(f.threshold),
+            _num(f.warning),
+            _num(f.critical),
             str(f.n_reference),
             str(f.n_current),
-            f.status,
+            f.severity,
+            f.reason,
             style=style,
         )
     console.print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -47,8 +48,11 @@ def summarise(result: DemoResult, console: Console) -> None:
     if first is None:
         console.print("[red]Drift was never detected.[/]")
     else:
-        p_values = first.decision.evidence["p_values"]
-        reasons = ", ".join(f"{f} (p={p_values[f]:.1e})" for f in first.decision.evidence["drifted_features"])
+        evidence = first.decision.evidence
+        reasons = ", ".join(
+            _drift_evidence(f, evidence["features"][f], evidence["p_values"][f])
+            for f in evidence["drifted_features"]
+        )
         console.print(
             f"Drift detected at the end of [bold]{first.date}[/]: share {first.decision.evidence['drift_share']:.2f} "
             f"of inputs drifted: {reasons}."
@@ -87,3 +91,9 @@ def _gate(gate: dict | None) -> str:
     if gate["champion"] is None:
         return verdict
     return f"{verdict}: {gate['candidate']:.3f} vs champion {gate['champion']:.3f}"
+
+
+def _drift_evidence(feature: str, measured: dict[str, Any], p_value: float | None) -> str:
+    if p_value is not None:
+        return f"{feature} ({measured['method']} p={p_value:.1e})"
+    return f"{feature} ({measured['method']} {measured['statistic']:.3g})"

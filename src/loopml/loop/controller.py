@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from loopml.errors import NotFoundError
 from loopml.loop.policy import DriftRetrainPolicy, list_policies, update_state
 from loopml.loop.retrain import prepare_retrain, retrain_and_gate
+from loopml.monitoring.drift import DriftSettings
 from loopml.monitoring.model_drift import model_drift
 
 if TYPE_CHECKING:
@@ -83,7 +84,10 @@ class Controller:
             policy.endpoint,
             now - policy.drift_window,
             now,
-            threshold=policy.p_value_threshold,
+            settings=DriftSettings(
+                p_value_warning=policy.p_value_threshold,
+                p_value_critical=min(policy.p_value_threshold, DriftSettings.p_value_critical),
+            ),
             reference_window=policy.reference_window,
         )
         rows = max((f.n_current for f in report.features), default=0)
@@ -93,6 +97,10 @@ class Controller:
             "window_rows": rows,
             "drifted_features": report.drifted_features,
             "p_values": {f.feature: f.p_value for f in report.features},
+            "features": {
+                f.feature: {"method": f.method, "statistic": f.statistic, "severity": f.severity}
+                for f in report.features
+            },
         }
         if rows < policy.min_window_rows:
             return decide(

@@ -1,5 +1,5 @@
 """Monitoring: drift between reference data and what a model sees in production."""
 
-from loopml.monitoring.drift import DriftReport, FeatureDrift, compare
+from loopml.monitoring.drift import DriftReport, DriftSettings, FeatureDrift, Rule, compare, compare_profiles
 
-__all__ = ["DriftReport", "FeatureDrift", "compare"]
+__all__ = ["DriftReport", "DriftSettings", "FeatureDrift", "Rule", "compare", "compare_profiles"]

@@ -9,7 +9,7 @@ import pandas as pd
 
 from loopml.data.snapshots import get_snapshot, load_snapshot
 from loopml.errors import ValidationError
-from loopml.monitoring.drift import DriftReport, compare
+from loopml.monitoring.drift import DriftReport, DriftSettings, compare
 from loopml.registry.models import ModelVersion
 from loopml.serving.prediction_log import read_predictions
 from loopml.storage.metadata import MetadataStore
@@ -29,7 +29,7 @@ def model_drift(
     start: datetime,
     end: datetime,
     *,
-    threshold: float = 0.05,
+    settings: DriftSettings | None = None,
     reference_window: timedelta | None = None,
 ) -> DriftReport:
     """Compare each model input between the version's training set and predictions in [start, end).
@@ -50,4 +50,4 @@ def model_drift(
         if column not in current.columns:
             current[column] = None
     categorical = [c for c in version.inputs if not pd.api.types.is_numeric_dtype(reference[c])]
-    return compare(reference, current, version.inputs, threshold=threshold, categorical=categorical)
+    return compare(reference, current, version.inputs, categorical=categorical, settings=settings)
