@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from loopml.data import profiles
-from loopml.data.profiles import CATEGORICAL, NUMERIC, Profile, profile_frame
+from loopml.data.profiles import CATEGORICAL, NUMERIC, Profile, profile_frame, profile_parquet
 from loopml.errors import ValidationError
 
 
@@ -104,3 +104,26 @@ def test_bad_arguments_say_what_to_do() -> None:
         profile_frame(data, columns=["y"])
     with pytest.raises(ValidationError, match="no column 'y'"):
         profile_frame(data)["y"]
+
+
+def test_a_parquet_window_is_profiled_batch_by_batch_as_one(tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    reference = profile_frame(frame(rng, 5_000))
+    window = frame(rng, 7_777, shift=0.2)
+    window.to_parquet(tmp_path / "window.parquet", row_group_size=1_000)
+    streamed = profile_parquet(tmp_path / "window.parquet", reference=reference, batch_rows=500)
+    whole = profile_frame(window, reference=reference)
+    assert streamed.rows == 7_777
+    for name, column in whole.columns.items():
+        part = streamed[name]
+        assert (part.rows, part.missing, part.invalid, part.categories) == (
+            column.rows,
+            column.missing,
+            column.invalid,
+            column.categories,
+        )
+        if column.kind == NUMERIC:
+            assert np.array_equal(part.counts, column.counts) and part.mean == pytest.approx(column.mean)
+    window.drop(columns="channel").to_parquet(tmp_path / "without.parquet")
+    without = profile_parquet(tmp_path / "without.parquet", reference=reference)
+    assert without["channel"].missing == without["channel"].rows == 7_777  # absent: every value missing

@@ -41,6 +41,7 @@ def drift(
         end - parse_duration(window),
         end,
         settings=DriftSettings(p_value_warning=threshold, p_value_critical=min(threshold, 0.01)),
+        reference=project.registry.reference_profile(version),
     )
     table = Table(
         "feature",
@@ -76,6 +77,12 @@ def drift(
     console.print(
         f"drift share: {report.share:.2f} ({len(report.drifted_features)} of {len(report.evaluated)} features)"
     )
+    if report.prediction is not None:
+        output = report.prediction
+        console.print(
+            f"output drift ({output.method}): {_num(output.statistic)}, {output.severity}"
+            + (f" ({output.reason})" if output.reason else "")
+        )
 
 
 def _num(value: float | None) -> str:

@@ -10,9 +10,11 @@ minimum), bin i the values in (e_{i−1}, e_i], and the last bin values above th
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,9 @@ NUMERIC, CATEGORICAL = "numeric", "categorical"
 DEFAULT_BINS = 100
 MAX_CATEGORIES = 10_000  # distinct categories kept per column; the rarest beyond that are pooled
 OTHER = "__other__"
+REFERENCE_FILE = "monitoring/reference_profile.json"  # a model version's file holding its ReferenceProfile
+SCORE = "score"
+DEFAULT_BATCH_ROWS = 262_144
 MIXED_SAMPLE = 10_000  # values looked at to tell whether a text column also holds numbers
 
 
@@ -39,6 +44,7 @@ class ColumnProfile:
     edges: np.ndarray | None = None
     counts: np.ndarray | None = None
     sums: np.ndarray | None = None  # of the values in each bin (exact Wasserstein from bins)
+    below: int = 0  # values under the first edge (bin 0 also holds values equal to it)
     minimum: float | None = None
     maximum: float | None = None
     mean: float = 0.0
@@ -58,6 +64,11 @@ class ColumnProfile:
     @property
     def missing_rate(self) -> float:
         return self.missing / self.rows if self.rows else 0.0
+
+    @property
+    def above(self) -> int:
+        """Values over the last edge (a window's values above its reference's maximum)."""
+        return int(self.counts[-1]) if self.counts is not None and len(self.counts) else 0
 
     def quantile(self, q: float) -> float | None:
         """An estimate of the q-quantile of a numeric column from its bins (exact at a reference's edges)."""
@@ -109,6 +120,7 @@ class ColumnProfile:
             invalid=invalid,
             counts=self.counts + other.counts,
             sums=self.sums + other.sums,
+            below=self.below + other.below,
             minimum=_extreme(min, self.minimum, other.minimum),
             maximum=_extreme(max, self.maximum, other.maximum),
             mean=self.mean + delta * m / total if total else 0.0,
@@ -129,6 +141,7 @@ class ColumnProfile:
                 "edges": self.edges.tolist(),
                 "counts": self.counts.astype(int).tolist(),
                 "sums": self.sums.tolist(),
+                "below": self.below,
                 "minimum": self.minimum,
                 "maximum": self.maximum,
                 "mean": self.mean,
@@ -185,6 +198,24 @@ class Profile:
         return cls({column.name: column for column in columns}, int(data["rows"]))
 
 
+@dataclass(frozen=True)
+class ReferenceProfile:
+    """What a model version is monitored against: its training inputs and its scores on held-out rows."""
+
+    inputs: Profile
+    scores: Profile | None = None
+
+    def to_json(self) -> bytes:
+        data = {"inputs": self.inputs.to_dict(), "scores": self.scores.to_dict() if self.scores else None}
+        return json.dumps(data, allow_nan=False).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ReferenceProfile:
+        values = json.loads(data)
+        scores = values.get("scores")
+        return cls(Profile.from_dict(values["inputs"]), Profile.from_dict(scores) if scores else None)
+
+
 def profile_frame(
     frame: pd.DataFrame,
     *,
@@ -208,6 +239,29 @@ def profile_frame(
         base = reference.columns.get(name) if reference is not None else None
         profiles[name] = _profile_column(name, values, base, name in forced, bins)
     return Profile(profiles, len(frame))
+
+
+def profile_parquet(
+    path: str | Path,
+    *,
+    reference: Profile,
+    columns: Sequence[str] | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> Profile:
+    """Profile a Parquet file or directory against `reference`, one batch at a time: memory follows the batch,
+    not the data (a 10M-row window costs what a `batch_rows` one does)."""
+    import pyarrow.dataset as ds
+
+    names = list(columns) if columns is not None else list(reference.columns)
+    dataset = ds.dataset(path, format="parquet")
+    present = [name for name in names if name in dataset.schema.names]
+    total: Profile | None = None
+    for batch in dataset.to_batches(
+        columns=present, batch_size=batch_rows, batch_readahead=1, fragment_readahead=1
+    ):
+        part = profile_frame(batch.to_pandas(), reference=reference, columns=names)
+        total = part if total is None else total.merge(part)
+    return total if total is not None else profile_frame(pd.DataFrame(), reference=reference, columns=names)
 
 
 def _profile_column(
@@ -237,6 +291,7 @@ def _profile_column(
         edges=edges,
         counts=counts.astype(np.int64),
         sums=sums,
+        below=int((finite < edges[0]).sum()) if len(edges) else 0,
         minimum=float(finite.min()) if len(finite) else None,
         maximum=float(finite.max()) if len(finite) else None,
         mean=mean,
@@ -301,6 +356,7 @@ def _all_missing(like: ColumnProfile, rows: int) -> ColumnProfile:
         invalid=0,
         counts=np.zeros_like(like.counts) if like.counts is not None else None,
         sums=np.zeros_like(like.sums) if like.sums is not None else None,
+        below=0,
         minimum=None,
         maximum=None,
         mean=0.0,

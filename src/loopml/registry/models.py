@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from loopml.data.profiles import REFERENCE_FILE, ReferenceProfile
 from loopml.errors import NotFoundError, StoreUnavailableError, ValidationError
 from loopml.registry import aliases
 from loopml.registry.aliases import AliasPeriod
@@ -294,6 +295,12 @@ class ModelRegistry:
     def read_files(self, version: ModelVersion) -> dict[str, bytes]:
         """Every file of a version, each verified against its checksum."""
         return {path: self.artifacts.get(f.digest) for path, f in self.files(version).items()}
+
+    def reference_profile(self, version: ModelVersion) -> ReferenceProfile | None:
+        """The profile of the version's training inputs and held-out scores, stored when it was registered
+        (None for a version registered without one: imported, or older than profiles)."""
+        stored = self.files(version).get(REFERENCE_FILE)
+        return ReferenceProfile.from_json(self.artifacts.get(stored.digest)) if stored else None
 
     def model_file(self, version: ModelVersion) -> ModelFile:
         """The version's model file, validated."""

@@ -6,6 +6,7 @@ from typing import Any
 
 import pandas as pd
 
+from loopml.data.profiles import REFERENCE_FILE
 from loopml.registry.model_dir import build_model_file
 from loopml.registry.model_file import ModelFile
 from loopml.registry.onnx_export import export_onnx, onnx_flavor
@@ -40,6 +41,7 @@ def package(
         promotion_policy=promotion_policy,
         run_id=trained.run_id,
     )
+    files = {**files, REFERENCE_FILE: trained.reference.to_json()}
     if onnx:
         onnx_files, config = onnx_flavor(*export_onnx(trained.estimator, example))
         files = {**files, **onnx_files}

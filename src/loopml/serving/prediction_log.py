@@ -327,12 +327,18 @@ def read_labelled_predictions(
     labels_until: datetime,
     include_shadow: bool = False,
     route: str | None = None,
+    keep_unlabelled: bool = False,
 ) -> pd.DataFrame:
     """Predictions in [start, end) joined to their latest label recorded no later than `labels_until`;
-    served ones only unless `include_shadow`, one route's only with `route`."""
-    if not offline.exists(PREDICTIONS) or not offline.exists(LABELS):
+    served ones only unless `include_shadow`, one route's only with `route`; with `keep_unlabelled` the
+    predictions without a label too (label null), for label coverage."""
+    if not offline.exists(PREDICTIONS) or (not offline.exists(LABELS) and not keep_unlabelled):
         return pd.DataFrame(columns=[*PREDICTION_SCHEMA.names, "label"])
+    if not offline.exists(LABELS):
+        predictions = read_predictions(offline, endpoint, start, end, include_shadow=include_shadow, route=route)
+        return predictions.assign(label=pd.Series([None] * len(predictions), dtype=float))
     where, params = _prediction_filter("p.", endpoint, start, end, include_shadow, route)
+    join = "LEFT JOIN" if keep_unlabelled else "JOIN"
     with offline.connect() as conn:
         return conn.execute(
             f"""
@@ -343,7 +349,7 @@ def read_labelled_predictions(
             )
             SELECT p.*, latest.label
             FROM {_predictions(offline)} AS p
-            JOIN latest USING (prediction_id)
+            {join} latest USING (prediction_id)
             WHERE {where}
             ORDER BY p.ts, p.prediction_id
             """,

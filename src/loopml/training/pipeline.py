@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
+from loopml.data.profiles import SCORE, ReferenceProfile, profile_frame
 from loopml.data.snapshots import Snapshot, save_snapshot
 from loopml.errors import ValidationError
 from loopml.features.definitions import parse_feature_ref
@@ -89,6 +90,7 @@ class TrainedModel:
     code_version: dict[str, Any]
     input_example: pd.DataFrame
     baseline: dict[str, Any]
+    reference: ReferenceProfile
 
 
 def build_estimator(spec: TrainingSpec) -> Any:
@@ -161,9 +163,8 @@ def train(
             fit_rows[spec.label].astype(int),
             **_recency_weights(estimator, spec, fit_rows),
         )
-        metrics = classification_metrics(
-            validation_rows[spec.label].to_numpy(), predict_scores(estimator, validation_rows[spec.inputs])
-        )
+        validation_scores = predict_scores(estimator, validation_rows[spec.inputs])
+        metrics = classification_metrics(validation_rows[spec.label].to_numpy(), validation_scores)
         tracker.log_metrics(run_id, {f"validation_{k}": v for k, v in metrics.items() if pd.notna(v)})
     except Exception as exc:
         tracker.end_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
@@ -175,7 +176,11 @@ def train(
         "inputs": input_profile(fit_rows[spec.inputs]),
     }
     example = fit_rows[spec.inputs].head(INPUT_EXAMPLE_ROWS).reset_index(drop=True)
-    return TrainedModel(spec, estimator, run_id, snapshot, metrics, code, example, baseline)
+    reference = ReferenceProfile(
+        profile_frame(training_set[spec.inputs]),
+        profile_frame(pd.DataFrame({SCORE: validation_scores})) if len(validation_scores) else None,
+    )
+    return TrainedModel(spec, estimator, run_id, snapshot, metrics, code, example, baseline, reference)
 
 
 def input_profile(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
