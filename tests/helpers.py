@@ -93,3 +93,35 @@ def live_toy_project(path: Path, name: str = "test") -> tuple[Project, FileClock
     train_and_deploy(project, build_world(project))
     go_live(project, clock)
     return project, clock
+
+
+def serve_events(
+    project: Project, clock: Clock, events: pd.DataFrame, amount_factor: float = 1.0
+) -> list[str]:
+    """Send each event to endpoint 'toy' at its own time (amounts scaled by `amount_factor`), flush the log;
+    returns the prediction ids in event order."""
+    from fastapi.testclient import TestClient
+
+    from loopml.serving.app import create_app
+
+    ids = []
+    with TestClient(create_app(project)) as client:
+        for row in events.itertuples(index=False):
+            clock.set(row.event_timestamp.to_pydatetime())
+            body = {
+                "entities": {"user_id": int(row.user_id)},
+                "inputs": {"amount": float(row.amount) * amount_factor, "channel": row.channel},
+            }
+            response = client.post("/v1/endpoints/toy/predict", json=body)
+            response.raise_for_status()
+            ids.append(response.json()["prediction_id"])
+        client.post("/v1/predictions/flush").raise_for_status()
+    return ids
+
+
+def events_between(events: pd.DataFrame, first_day: int, last_day: int) -> pd.DataFrame:
+    """The events from day `first_day` (inclusive) to day `last_day` (exclusive) after START."""
+    times = events.event_timestamp
+    return events[
+        (times >= START + pd.Timedelta(days=first_day)) & (times < START + pd.Timedelta(days=last_day))
+    ]

@@ -12,6 +12,7 @@ def register_all_tables() -> MetaData:
     from loopml.data import tables as _data  # noqa: F401
     from loopml.features import tables as _features  # noqa: F401
     from loopml.loop import tables as _loop  # noqa: F401
+    from loopml.monitoring import tables as _monitoring  # noqa: F401
     from loopml.registry import tables as _registry  # noqa: F401
     from loopml.serving import tables as _serving  # noqa: F401
     from loopml.storage import artifact_refs as _artifact_refs  # noqa: F401

@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import pandas as pd
-from fastapi.testclient import TestClient
 
 from loopml.data.snapshots import get_snapshot
 from loopml.monitoring.drift import CRITICAL, OK
 from loopml.monitoring.model_drift import model_drift
 from loopml.project import Project
-from loopml.serving.app import create_app
-from tests.helpers import START, build_world, train_and_deploy
-
-
-def serve(project: Project, clock, events: pd.DataFrame, amount_factor: float) -> None:
-    with TestClient(create_app(project)) as client:
-        for row in events.itertuples(index=False):
-            clock.set(row.event_timestamp.to_pydatetime())
-            body = {
-                "entities": {"user_id": int(row.user_id)},
-                "inputs": {"amount": float(row.amount) * amount_factor, "channel": row.channel},
-            }
-            client.post("/v1/endpoints/toy/predict", json=body).raise_for_status()
-        client.post("/v1/predictions/flush").raise_for_status()
+from tests.helpers import START, build_world, serve_events, train_and_deploy
 
 
 def test_a_version_is_monitored_from_its_stored_profile_without_its_training_set(
@@ -43,7 +29,7 @@ def test_a_version_is_monitored_from_its_stored_profile_without_its_training_set
         (events.event_timestamp >= START + pd.Timedelta(days=9))
         & (events.event_timestamp < START + pd.Timedelta(days=10))
     ]
-    serve(project, clock, day, amount_factor=1.0)
+    serve_events(project, clock, day, amount_factor=1.0)
     calm = model_drift(
         project.metadata,
         project.offline,
@@ -59,7 +45,7 @@ def test_a_version_is_monitored_from_its_stored_profile_without_its_training_set
         (events.event_timestamp >= START + pd.Timedelta(days=10))
         & (events.event_timestamp < START + pd.Timedelta(days=11))
     ]
-    serve(project, clock, later, amount_factor=5.0)
+    serve_events(project, clock, later, amount_factor=5.0)
     shifted = model_drift(
         project.metadata,
         project.offline,

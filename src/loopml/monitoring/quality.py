@@ -24,10 +24,13 @@ class QualitySettings:
     out_of_range_tolerance: float = 0.01
     unseen_tolerance: float = 0.01
     wrong_type_tolerance: float = 0.0
+    min_violations: int = 5  # values that must break a share rule before it fails
 
     def __post_init__(self) -> None:
+        if self.min_violations < 1:
+            raise ValidationError(f"min_violations must be at least 1, got {self.min_violations}.")
         for name, value in asdict(self).items():
-            if not 0 <= value <= 1:
+            if name != "min_violations" and not 0 <= value <= 1:
                 raise ValidationError(f"{name} is a share in [0, 1], got {value}.")
 
 
@@ -79,6 +82,8 @@ def _feature_checks(ref: ColumnProfile, cur: ColumnProfile, settings: QualitySet
             "missing",
             cur.missing_rate,
             min(1.0, ref.missing_rate + settings.missing_tolerance),
+            cur.missing,
+            settings,
             f"training had {ref.missing_rate:.1%} missing",
         ),
         _limit(
@@ -86,6 +91,8 @@ def _feature_checks(ref: ColumnProfile, cur: ColumnProfile, settings: QualitySet
             "type",
             cur.invalid / present if present else 0.0,
             settings.wrong_type_tolerance,
+            cur.invalid,
+            settings,
             f"values that are not {ref.kind}",
         ),
     ]
@@ -103,6 +110,8 @@ def _feature_checks(ref: ColumnProfile, cur: ColumnProfile, settings: QualitySet
                 "range",
                 outside,
                 settings.out_of_range_tolerance,
+                cur.below + cur.above,
+                settings,
                 f"outside the training range [{_num(ref.minimum)}, {_num(ref.maximum)}]",
             )
         )
@@ -125,6 +134,8 @@ def _feature_checks(ref: ColumnProfile, cur: ColumnProfile, settings: QualitySet
                 "unseen",
                 unseen / cur.count,
                 settings.unseen_tolerance,
+                unseen,
+                settings,
                 "categories not seen in training",
             )
         )
@@ -142,12 +153,16 @@ def _feature_checks(ref: ColumnProfile, cur: ColumnProfile, settings: QualitySet
     return checks
 
 
-def _limit(name: str, check: str, value: float, limit: float, what: str) -> QualityCheck:
-    passed = value <= limit
-    verdict = "within" if passed else "above"
-    return QualityCheck(
-        name, check, value, limit, passed, f"{value:.2%} {what}, {verdict} the limit {limit:.2%}"
-    )
+def _limit(
+    name: str, check: str, value: float, limit: float, offending: int, settings: QualitySettings, what: str
+) -> QualityCheck:
+    """A share rule: it fails above its limit, once at least `min_violations` values break it (one odd value
+    in a small window is not evidence)."""
+    passed = value <= limit or offending < settings.min_violations
+    message = f"{value:.2%} {what}, {'within' if value <= limit else 'above'} the limit {limit:.2%}"
+    if value > limit and passed:
+        message += f" but only {offending} value(s) (it fails from {settings.min_violations})"
+    return QualityCheck(name, check, value, limit, passed, message)
 
 
 def _num(value: float | None) -> str:
