@@ -4,8 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 FEAST := .bench/feast
 MLFLOW := .bench/mlflow
+EVIDENTLY := .bench/evidently
+NANNYML := .bench/nannyml
 
-.PHONY: demo demo-quick test lint format clean bench-features bench-registry bench-serving
+.PHONY: demo demo-quick test lint format clean chromium bench-features bench-registry bench-serving bench-monitoring
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +27,7 @@ demo: $(VENV)/.installed
 demo-quick: $(VENV)/.installed
 	$(BIN)/loopml demo --quick
 
-test: $(VENV)/.installed-dev $(MLFLOW)/.installed
+test: $(VENV)/.installed-dev $(MLFLOW)/.installed chromium
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest
 
@@ -36,6 +38,13 @@ lint: $(VENV)/.installed-dev
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
+
+# Debian's Chromium for the browser test of the monitoring report (headless). Installing needs root, as in
+# CI; elsewhere the test skips with a message.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+		echo "Chromium could not be installed (not root?): the report's browser test will skip"
 
 # Feast in its own venv, for the benchmarks only: never a dependency of loopml.
 $(FEAST)/.installed: benchmarks/requirements-feast.txt
@@ -53,6 +62,20 @@ $(MLFLOW)/.installed: benchmarks/requirements-mlflow.txt $(VENV)/.installed-dev
 		$$($(BIN)/python -c "from importlib.metadata import version as v; print(' '.join(f'{p}=={v(p)}' for p in ('scikit-learn', 'lightgbm', 'xgboost', 'numpy', 'pandas')))")
 	touch $@
 
+# Evidently and NannyML in their own venvs, for the monitoring benchmark only: never dependencies of loopml.
+# benchmarks/monitoring.py runs them as subprocesses (benchmarks/peers/*_drift.py) with these venvs' python.
+$(EVIDENTLY)/.installed: benchmarks/requirements-evidently.txt
+	$(PYTHON) -m venv $(EVIDENTLY)
+	$(EVIDENTLY)/bin/python -m pip install --quiet --upgrade pip
+	$(EVIDENTLY)/bin/python -m pip install --quiet -r benchmarks/requirements-evidently.txt
+	touch $@
+
+$(NANNYML)/.installed: benchmarks/requirements-nannyml.txt
+	$(PYTHON) -m venv $(NANNYML)
+	$(NANNYML)/bin/python -m pip install --quiet --upgrade pip
+	$(NANNYML)/bin/python -m pip install --quiet -r benchmarks/requirements-nannyml.txt
+	touch $@
+
 bench-registry: $(VENV)/.installed $(MLFLOW)/.installed
 	$(BIN)/python benchmarks/registry.py
 
@@ -63,6 +86,10 @@ bench-serving: $(VENV)/.installed-dev $(MLFLOW)/.installed
 bench-features: $(VENV)/.installed $(FEAST)/.installed
 	$(BIN)/python benchmarks/features.py
 	$(BIN)/python benchmarks/features_online.py
+
+# loopml's drift monitoring against Evidently's DataDriftPreset and NannyML's UnivariateDriftCalculator.
+bench-monitoring: $(VENV)/.installed $(EVIDENTLY)/.installed $(NANNYML)/.installed
+	$(BIN)/python benchmarks/monitoring.py
 
 clean:
 	rm -rf $(VENV) loopml-demo .pytest_cache .ruff_cache

@@ -4,10 +4,7 @@ escalated, resolved, sent to a real webhook, and the Prometheus gauges."""
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pandas as pd
 import pytest
@@ -17,48 +14,7 @@ from loopml.monitoring.drift import CRITICAL
 from loopml.monitoring.metrics import MonitorMetrics
 from loopml.monitoring.monitor import Monitor, MonitorSettings
 from loopml.monitoring.performance import LOW_COVERAGE, SCORED
-from loopml.project import Project
-from loopml.serving.prediction_log import LABEL_SCHEMA, LABELS, append_by_day, record_table
-from tests.helpers import START, build_world, events_between, serve_events, train_and_deploy
-
-
-@pytest.fixture
-def webhook() -> Iterator[tuple[str, list[dict]]]:
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/alerts", received
-    server.shutdown()
-
-
-@pytest.fixture
-def served(project: Project, clock):
-    """Days 9 and 10 served as trained, day 11 with five times the amounts; day 9 fully labelled."""
-    events = build_world(project, days=12)
-    version = train_and_deploy(project, events_between(events, 0, 9))
-    project.materialize(end=START + pd.Timedelta(days=12), start=START)
-    calm = events_between(events, 9, 10)
-    ids = serve_events(project, clock, calm)
-    serve_events(project, clock, events_between(events, 10, 11))
-    serve_events(project, clock, events_between(events, 11, 12), amount_factor=5.0)
-    labels = [
-        {"prediction_id": i, "label": float(bad), "ts": START + pd.Timedelta(days=13)}
-        for i, bad in zip(ids, calm.is_bad, strict=True)
-    ]
-    append_by_day(project.offline, LABELS, record_table(labels, LABEL_SCHEMA))
-    clock.set(START + pd.Timedelta(days=14))
-    return project, version
+from tests.helpers import START
 
 
 def test_a_pass_gives_drift_quality_and_performance_per_daily_window(served) -> None:

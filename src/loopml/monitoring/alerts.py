@@ -178,7 +178,7 @@ class AlertManager:
         self, metadata: MetadataStore, sinks: Iterable[Sink] = (), *, cooldown: timedelta = DEFAULT_COOLDOWN
     ) -> None:
         self.metadata = metadata
-        self.sinks = list(sinks) or [LogSink()]
+        self.sinks = list(sinks)
         self.cooldown = cooldown
 
     def evaluate(self, results: Sequence[WindowResult], settings: MonitorSettings) -> list[Notification]:

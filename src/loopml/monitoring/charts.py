@@ -1,4 +1,4 @@
-"""Self-contained SVG line charts for HTML reports: no JavaScript, no CDN, readable offline."""
+"""Self-contained SVG charts for HTML reports (lines, paired bars): no JavaScript, no CDN, readable offline."""
 
 from __future__ import annotations
 
@@ -88,10 +88,65 @@ class LineChart:
             for segment in _segments(series.points):
                 path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in segment)
                 parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
-            legend_x = left + 8 + 170 * index
+                if len(segment) == 1:  # a lone point draws no line: show it as a dot
+                    ((x, y),) = segment
+                    parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"/>')
+            legend_x = left + 8 + min(170, plot_w // max(len(self.series), 1)) * index
             parts.append(
                 f'<rect x="{legend_x}" y="{self.height - 16}" width="12" height="4" fill="{color}"/>'
                 f'<text x="{legend_x + 16}" y="{self.height - 11}" fill="#111827">{escape(series.name)}</text>'
+            )
+        parts.append("</svg>")
+        return "".join(parts)
+
+
+@dataclass(frozen=True)
+class BarChart:
+    """Side-by-side bars per label, one colour per series (a reference and a current distribution)."""
+
+    title: str
+    labels: Sequence[str]
+    series: Sequence[tuple[str, Sequence[float]]]
+    width: int = 420
+    height: int = 220
+
+    def to_svg(self) -> str:
+        left, right, top, bottom = 44, 8, 32, 40
+        plot_w, plot_h = self.width - left - right, self.height - top - bottom
+        values = [v for _, vs in self.series for v in vs if _finite(v)]
+        y_max = max(values) if values and max(values) > 0 else 1.0
+        slot = plot_w / max(len(self.labels), 1)
+        bar = slot * 0.8 / max(len(self.series), 1)
+        parts = [
+            f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {self.width} {self.height}" '
+            f'width="{self.width}" height="{self.height}" role="img" aria-label="{escape(self.title)}" '
+            'font-family="system-ui, sans-serif" font-size="10">',
+            f'<text x="{left}" y="18" font-size="13" font-weight="600">{escape(self.title)}</text>',
+            f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#f9fafb" stroke="#e5e7eb"/>',
+            f'<text x="{left - 4}" y="{top + 8}" text-anchor="end" fill="#374151">{y_max:.0%}</text>',
+            f'<text x="{left - 4}" y="{top + plot_h}" text-anchor="end" fill="#374151">0%</text>',
+        ]
+        for s_index, (name, shares) in enumerate(self.series):
+            color = PALETTE[s_index % len(PALETTE)]
+            for i, share in enumerate(shares):
+                if not _finite(share) or share <= 0:
+                    continue
+                height = share / y_max * plot_h
+                x = left + i * slot + slot * 0.1 + s_index * bar
+                parts.append(
+                    f'<rect x="{x:.1f}" y="{top + plot_h - height:.1f}" width="{bar:.1f}" height="{height:.1f}" '
+                    f'fill="{color}" opacity="0.85"><title>{escape(name)} {escape(self.labels[i])}: {share:.1%}</title></rect>'
+                )
+            parts.append(
+                f'<rect x="{left + 8 + 110 * s_index}" y="{self.height - 12}" width="10" height="6" fill="{color}"/>'
+                f'<text x="{left + 22 + 110 * s_index}" y="{self.height - 6}" fill="#111827">{escape(name)}</text>'
+            )
+        step = max(1, len(self.labels) // 6)
+        for i in range(0, len(self.labels), step):
+            x = left + (i + 0.5) * slot
+            parts.append(
+                f'<text x="{x:.1f}" y="{top + plot_h + 12}" text-anchor="middle" fill="#374151">'
+                f"{escape(self.labels[i][:12])}</text>"
             )
         parts.append("</svg>")
         return "".join(parts)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from loopml.data.profiles import SCORE, ReferenceProfile, profile_frame
+from loopml.data.profiles import SCORE, Profile, ReferenceProfile, profile_frame
 from loopml.data.snapshots import load_snapshot
 from loopml.errors import ValidationError
 from loopml.monitoring.drift import DriftReport, DriftSettings, compare_profiles
@@ -64,6 +64,7 @@ class WindowResult:
     performance: WindowPerformance
     baseline: float | None  # the model metric at validation, when the registry has it
     metric: str = "roc_auc"
+    profile: Profile | None = None  # the window's inputs, counted in the reference's bins (for reports)
 
     @property
     def metric_drop(self) -> float | None:
@@ -160,4 +161,5 @@ class Monitor:
             performance(rows, self.settings.performance),
             float(baseline) if baseline is not None else None,
             self.settings.metric,
+            window,
         )

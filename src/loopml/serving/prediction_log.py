@@ -335,7 +335,9 @@ def read_labelled_predictions(
     if not offline.exists(PREDICTIONS) or (not offline.exists(LABELS) and not keep_unlabelled):
         return pd.DataFrame(columns=[*PREDICTION_SCHEMA.names, "label"])
     if not offline.exists(LABELS):
-        predictions = read_predictions(offline, endpoint, start, end, include_shadow=include_shadow, route=route)
+        predictions = read_predictions(
+            offline, endpoint, start, end, include_shadow=include_shadow, route=route
+        )
         return predictions.assign(label=pd.Series([None] * len(predictions), dtype=float))
     where, params = _prediction_filter("p.", endpoint, start, end, include_shadow, route)
     join = "LEFT JOIN" if keep_unlabelled else "JOIN"
