@@ -18,6 +18,17 @@ from loopml.monitoring.drift import SEVERITY_ORDER
 from loopml.monitoring.monitor import WindowResult
 from loopml.monitoring.performance import SCORED
 
+METRIC_NAMES = (
+    "loopml_drift_score",
+    "loopml_drift_severity",
+    "loopml_drift_share",
+    "loopml_data_quality_failures",
+    "loopml_label_coverage",
+    "loopml_model_metric",
+    "loopml_monitor_window_predictions",
+    "loopml_monitor_alerts_firing",
+)
+
 
 class MonitorMetrics:
     def __init__(self) -> None:
