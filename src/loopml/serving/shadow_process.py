@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -78,6 +79,8 @@ class ShadowProcess:
         self._flushes = 0
         self._submitted = False  # anything queued since construction (then a flush or close needs the child)
         self._unloaded: frozenset[str] = frozenset()
+        self._starting = threading.Lock()  # the refresh thread and a flush may both find the child gone
+        self._flushing = threading.Lock()  # one flush at a time waits for its own token
 
     @property
     def running(self) -> bool:
@@ -98,6 +101,10 @@ class ShadowProcess:
 
     def ensure_running(self) -> None:
         """Start the child, or start it again if it died (what it had queued stays in the queue)."""
+        with self._starting:
+            self._start()
+
+    def _start(self) -> None:
         if self.running:
             return
         if self._process is not None:
@@ -125,8 +132,11 @@ class ShadowProcess:
         if not self._submitted:
             return
         self.ensure_running()
-        self._flushes += 1
-        token = self._flushes
+        with self._flushing:
+            self._flushes += 1
+            self._await_flush(self._flushes)
+
+    def _await_flush(self, token: int) -> None:
         self._inbox.put(_Flush(token))
         deadline = time.monotonic() + FLUSH_TIMEOUT_SECONDS
         while True:
