@@ -10,6 +10,7 @@ from loopml.storage.metadata import METADATA
 def register_all_tables() -> MetaData:
     """Import each package's tables so METADATA knows them all; returns METADATA."""
     from loopml.data import tables as _data  # noqa: F401
+    from loopml.delivery import tables as _delivery  # noqa: F401
     from loopml.features import tables as _features  # noqa: F401
     from loopml.loop import tables as _loop  # noqa: F401
     from loopml.monitoring import tables as _monitoring  # noqa: F401

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from loopml.cli import endpoints, features, models, monitor, runs
+from loopml.cli import endpoints, features, models, monitor, rollout, runs
 from loopml.cli.batch import batch_score
 from loopml.cli.common import ProjectOption, console, err_console, open_project, parse_duration, parse_time
 from loopml.cli.definitions import collect
@@ -20,6 +20,7 @@ from loopml.cli.materialize import materialize
 from loopml.cli.serve import serve
 from loopml.cli.train import train
 from loopml.config import write_config
+from loopml.delivery.rollouts import tick_rollouts
 from loopml.errors import LoopmlError
 from loopml.features import Entity, FeatureService, FeatureView, OnDemandFeatureView
 from loopml.features.registry import AppliedChange
@@ -35,6 +36,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(runs.app, name="runs")
 app.add_typer(endpoints.app, name="endpoints")
 app.add_typer(monitor.app, name="monitor")
+app.add_typer(rollout.app, name="rollout")
 app.add_typer(features.features_app, name="features")
 app.add_typer(features.datasets_app, name="datasets")
 policy_app = typer.Typer(help="Retraining policies.", no_args_is_help=True)
@@ -191,12 +193,14 @@ def controller(
     interval: str = typer.Option("60s", help="Time between ticks."),
     project_dir: Path = ProjectOption,
 ) -> None:
-    """Evaluate every policy on a schedule: drift → retrain → gate → promote, each decision an event."""
+    """Evaluate every policy and move every rollout on a schedule, each decision an event."""
     project = open_project(project_dir)
     pause = parse_duration(interval).total_seconds()
     while True:
         for decision in Controller(project).tick():
             console.print(f"[bold]{decision.policy}[/]: {decision.action}: {decision.reason}")
+        for moved in tick_rollouts(project):
+            console.print(f"[bold]rollout {moved.rollout}[/]: {moved.action}: {moved.reason}")
         if once:
             return
         time.sleep(pause)

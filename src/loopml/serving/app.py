@@ -32,7 +32,15 @@ from loopml.serving.loopml_api import loopml_routes
 from loopml.serving.metrics import Metrics
 from loopml.serving.mlflow_scoring import mlflow_routes
 from loopml.serving.oip import oip_routes
-from loopml.serving.prediction_log import LABEL_SCHEMA, LABELS, PREDICTION_SCHEMA, PREDICTIONS, BatchWriter
+from loopml.serving.prediction_log import (
+    ERROR_SCHEMA,
+    ERRORS,
+    LABEL_SCHEMA,
+    LABELS,
+    PREDICTION_SCHEMA,
+    PREDICTIONS,
+    BatchWriter,
+)
 from loopml.serving.router import Router
 from loopml.serving.service import PredictionService, status_of
 from loopml.serving.shadow_process import ShadowProcess
@@ -141,6 +149,9 @@ def log_writers(
             project.offline, PREDICTIONS, PREDICTION_SCHEMA, **batches, on_drop=metrics.dropped.inc, idle=idle
         ),
         LABELS: BatchWriter(project.offline, LABELS, LABEL_SCHEMA, flush_seconds=batches["flush_seconds"]),
+        ERRORS: BatchWriter(
+            project.offline, ERRORS, ERROR_SCHEMA, **batches, on_drop=metrics.dropped.inc, idle=idle
+        ),
         FEATURE_LOOKUPS: BatchWriter(
             project.offline,
             FEATURE_LOOKUPS,

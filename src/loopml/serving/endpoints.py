@@ -175,6 +175,45 @@ def deploy(
     return get_endpoint(metadata, name)
 
 
+def set_route(
+    conn: Connection,
+    metadata: MetadataStore,
+    name: str,
+    route: Route,
+    *,
+    actor: str = "loopml",
+    reason: str = "",
+) -> bool:
+    """In the caller's transaction, make one non-primary route exactly `route` (weight 0 removes it), so a
+    rollout's step and its route change commit together; False (and no event) when it already is."""
+    current = _read(conn, name)
+    if current is None:
+        raise _not_found(name)
+    if route.mode == PRIMARY:
+        raise ValidationError("set_route changes canary, shadow and experiment routes; deploy sets the primary.")
+    routes = {r.name: r for r in current.routes}
+    if routes.get(route.name) == route or (route.weight == 0 and route.name not in routes):
+        return False
+    if route.weight == 0:
+        routes.pop(route.name)
+    else:
+        routes[route.name] = route
+    _check_weights(name, routes.values())
+    conn.execute(update(endpoints).where(endpoints.c.name == name).values(updated_at=metadata.clock.now()))
+    _write_routes(conn, name, routes.values())
+    action = "removed" if route.weight == 0 else f"→ {route.target} ({route.mode}, {route.weight:g}%)"
+    metadata.record_event(
+        conn,
+        kind="endpoint.deployed",
+        subject=f"endpoint:{name}",
+        actor=actor,
+        reason=reason or f"endpoint '{name}' route '{route.name}' {action}",
+        data={"route": route.name, **asdict(route)},
+    )
+    metadata.bump_change_counter(conn)
+    return True
+
+
 def configure(metadata: MetadataStore, name: str, *, actor: str = "loopml", **changes: Any) -> Endpoint:
     """Change an endpoint's serving settings (cache age, batching, NaN policy); None resets one to default."""
     with metadata.begin() as conn:

@@ -49,6 +49,22 @@ PREDICTION_SCHEMA = pa.schema(
         ("served", pa.bool_()),  # false for shadow predictions, logged but never returned
     ]
 )
+ERRORS = "request_errors"
+ERROR_SCHEMA = pa.schema(
+    [
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("endpoint", pa.string()),
+        ("model_name", pa.string()),
+        ("model_version", pa.int64()),
+        ("route", pa.string()),
+        ("served", pa.bool_()),  # false for a shadow route's failure
+        (
+            "status",
+            pa.int64(),
+        ),  # the HTTP status the request got (a shadow's failure: what it would have got)
+        ("error", pa.string()),
+    ]
+)
 LABEL_SCHEMA = pa.schema(
     [("prediction_id", pa.string()), ("label", pa.float64()), ("ts", pa.timestamp("us", tz="UTC"))]
 )
@@ -315,6 +331,19 @@ def read_predictions(
     with offline.connect() as conn:
         return conn.execute(
             f"SELECT * FROM {_predictions(offline)} WHERE {where} ORDER BY ts, prediction_id", params
+        ).df()
+
+
+def read_request_errors(
+    offline: OfflineStore, endpoint: str, start: datetime, end: datetime, *, include_shadow: bool = False
+) -> pd.DataFrame:
+    """Requests of an endpoint that failed after a route was chosen (so a version is to blame), oldest first."""
+    if not offline.exists(ERRORS):
+        return pd.DataFrame(columns=ERROR_SCHEMA.names)
+    where = "endpoint = ? AND ts >= ? AND ts < ?" + ("" if include_shadow else " AND served")
+    with offline.connect() as conn:
+        return conn.execute(
+            f"SELECT * FROM {offline.scan(ERRORS)} WHERE {where} ORDER BY ts", [endpoint, start, end]
         ).df()
 
 

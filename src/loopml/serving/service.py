@@ -27,7 +27,7 @@ from loopml.serving import prediction_cache
 from loopml.serving.batching import AdaptiveBatcher
 from loopml.serving.bodies import json_bytes
 from loopml.serving.metrics import Metrics
-from loopml.serving.prediction_log import PREDICTIONS, BatchWriter
+from loopml.serving.prediction_log import ERRORS, PREDICTIONS, BatchWriter
 from loopml.serving.router import LoadedModel, Router, ServedEndpoint
 from loopml.serving.routing import RoutedTo
 from loopml.serving.scoring import nullable_inputs
@@ -111,6 +111,7 @@ class PredictionService:
         self._in_flight += 1
         self.idle.clear()
         label = ""
+        routed: RoutedTo[LoadedModel] | None = None
         try:
             served = self._serving(name)
             routed = self._pick(served, unit_id, version)
@@ -122,6 +123,8 @@ class PredictionService:
         except Exception as exc:
             known = name if name in self.router.endpoints else "unknown"  # no series per made-up name
             self.metrics.requests.labels(known, label, str(status_of(exc))).inc()
+            if routed is not None:
+                self._log_error(name, routed, exc, served=True)
             raise
         finally:
             self.metrics.in_flight.dec()
@@ -384,8 +387,31 @@ class PredictionService:
             )
         except LoopmlError as exc:
             logger.info("Shadow route %s of %s refused the request: %s", routed.route.name, name, exc)
-        except Exception:
+            self._log_error(name, routed, exc, served=False)
+        except Exception as exc:
             logger.exception("Shadow route %s of %s failed", routed.route.name, name)
+            self._log_error(name, routed, exc, served=False)
+
+    def _log_error(
+        self, endpoint: str, routed: RoutedTo[LoadedModel], exc: BaseException, *, served: bool
+    ) -> None:
+        """Record a failure of a chosen version (canary analysis compares error rates per version)."""
+        writer = self.writers.get(ERRORS)
+        if writer is None or routed.served is None:
+            return
+        version = routed.served.version
+        writer.put(
+            {
+                "ts": self.project.clock.now(),
+                "endpoint": endpoint,
+                "model_name": version.model_name,
+                "model_version": version.version,
+                "route": routed.route.name,
+                "served": served,
+                "status": status_of(exc),
+                "error": f"{type(exc).__name__}: {exc}"[:1000],
+            }
+        )
 
     def _log(
         self,

@@ -1,0 +1,1 @@
+"""Progressive delivery: rollouts of a candidate version through shadow and canary steps, with analysis."""
