@@ -223,3 +223,39 @@ def test_bad_rollouts_are_refused_with_what_to_do(candidate: Project) -> None:
     deploy(candidate.metadata, candidate.registry, "toy", "toy", version=1)
     with pytest.raises(ValidationError, match="must follow it"):
         start_rollout(candidate, "toy", 2)
+
+
+@pytest.mark.parametrize("stage", ["advanced", "promoted", "rolled_back"])
+def test_a_crash_inside_a_transition_leaves_nothing_half_done_and_a_restart_finishes_it(
+    candidate: Project, clock, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    spec = SPEC_FAST if stage != "promoted" else RolloutSpec(**{**SPEC_FAST.__dict__, "steps": (5.0, 100.0)})
+    start_rollout(candidate, "toy", 2, spec=spec)
+    step_minutes(candidate, clock, 11, **({"latency_ms": 60.0} if stage == "rolled_back" else {}))
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed after the route and alias writes, before the commit")
+
+    before = (
+        routes(candidate),
+        candidate.registry.get_alias("toy", "champion"),
+        len(candidate.metadata.events()),
+    )
+    row_before = active_rollout(candidate, "toy")
+    monkeypatch.setattr("loopml.delivery.rollouts._event", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        tick_rollouts(candidate)
+    monkeypatch.undo()
+    after = (
+        routes(candidate),
+        candidate.registry.get_alias("toy", "champion"),
+        len(candidate.metadata.events()),
+    )
+    assert after == before and active_rollout(candidate, "toy") == row_before
+
+    [decision] = tick_rollouts(candidate)  # the restarted controller
+    assert decision.action == stage
+    assert kinds(candidate).count(f"rollout.{stage}") == 1
+    moved = [e for e in candidate.metadata.events() if e.kind == "alias.moved" and "rollout" in e.reason]
+    assert len(moved) == (1 if stage == "promoted" else 0)
+    assert candidate.registry.get_alias("toy", "champion") == (2 if stage == "promoted" else 1)

@@ -25,6 +25,7 @@ from loopml.errors import LoopmlError
 from loopml.features import Entity, FeatureService, FeatureView, OnDemandFeatureView
 from loopml.features.registry import AppliedChange
 from loopml.loop.controller import Controller
+from loopml.loop.lock import ControllerLock
 from loopml.loop.policy import DriftRetrainPolicy, apply_policies, list_policies, plan_policies
 
 app = typer.Typer(
@@ -196,14 +197,23 @@ def controller(
     """Evaluate every policy and move every rollout on a schedule, each decision an event."""
     project = open_project(project_dir)
     pause = parse_duration(interval).total_seconds()
-    while True:
-        for decision in Controller(project).tick():
-            console.print(f"[bold]{decision.policy}[/]: {decision.action}: {decision.reason}")
-        for moved in tick_rollouts(project):
-            console.print(f"[bold]rollout {moved.rollout}[/]: {moved.action}: {moved.reason}")
-        if once:
-            return
-        time.sleep(pause)
+    with ControllerLock(project.metadata) as lock:
+        waiting = False
+        while True:
+            if lock.acquire():
+                if waiting:
+                    console.print("took over as the acting controller")
+                    waiting = False
+                for decision in Controller(project).tick():
+                    console.print(f"[bold]{decision.policy}[/]: {decision.action}: {decision.reason}")
+                for moved in tick_rollouts(project):
+                    console.print(f"[bold]rollout {moved.rollout}[/]: {moved.action}: {moved.reason}")
+            elif not waiting:
+                console.print("another controller is acting on this project; standing by")
+                waiting = True
+            if once:
+                return
+            time.sleep(pause)
 
 
 @app.command()

@@ -190,7 +190,9 @@ def set_route(
     if current is None:
         raise _not_found(name)
     if route.mode == PRIMARY:
-        raise ValidationError("set_route changes canary, shadow and experiment routes; deploy sets the primary.")
+        raise ValidationError(
+            "set_route changes canary, shadow and experiment routes; deploy sets the primary."
+        )
     routes = {r.name: r for r in current.routes}
     if routes.get(route.name) == route or (route.weight == 0 and route.name not in routes):
         return False
