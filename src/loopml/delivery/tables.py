@@ -1,4 +1,4 @@
-"""Tables owned by the delivery package: each rollout's declared spec and where it stands."""
+"""Tables owned by the delivery package: rollouts (declared spec, where each stands) and bandits."""
 
 from sqlalchemy import Column, Integer, String, Table, Text
 
@@ -22,5 +22,16 @@ rollouts = Table(
     Column("last_verdict", String(20)),
     Column("reason", Text, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+bandits = Table(
+    "bandits",
+    METADATA,
+    Column("endpoint", String(200), primary_key=True),
+    Column("spec", JSONText, nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("arms", JSONText, nullable=False),  # per arm: version, pulls, rewards, weight as of the last tick
+    Column("started_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )

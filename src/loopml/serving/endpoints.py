@@ -8,7 +8,7 @@ bumps the change counter, so running servers pick it up within a second.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -186,31 +186,50 @@ def set_route(
 ) -> bool:
     """In the caller's transaction, make one non-primary route exactly `route` (weight 0 removes it), so a
     rollout's step and its route change commit together; False (and no event) when it already is."""
+    return set_routes(conn, metadata, name, [route], actor=actor, reason=reason)
+
+
+def set_routes(
+    conn: Connection,
+    metadata: MetadataStore,
+    name: str,
+    changes: Sequence[Route],
+    *,
+    actor: str = "loopml",
+    reason: str = "",
+) -> bool:
+    """`set_route` for several routes at once: the weights are checked once, after every change (a bandit
+    moving traffic from one arm to another never passes through more than 100%)."""
     current = _read(conn, name)
     if current is None:
         raise _not_found(name)
-    if route.mode == PRIMARY:
+    if any(route.mode == PRIMARY for route in changes):
         raise ValidationError(
             "set_route changes canary, shadow and experiment routes; deploy sets the primary."
         )
     routes = {r.name: r for r in current.routes}
-    if routes.get(route.name) == route or (route.weight == 0 and route.name not in routes):
+    before = dict(routes)
+    for route in changes:
+        if route.weight == 0:
+            routes.pop(route.name, None)
+        else:
+            routes[route.name] = route
+    if routes == before:
         return False
-    if route.weight == 0:
-        routes.pop(route.name)
-    else:
-        routes[route.name] = route
     _check_weights(name, routes.values())
     conn.execute(update(endpoints).where(endpoints.c.name == name).values(updated_at=metadata.clock.now()))
     _write_routes(conn, name, routes.values())
-    action = "removed" if route.weight == 0 else f"→ {route.target} ({route.mode}, {route.weight:g}%)"
+    described = ", ".join(
+        f"'{r.name}' removed" if r.weight == 0 else f"'{r.name}' → {r.target} ({r.mode}, {r.weight:g}%)"
+        for r in changes
+    )
     metadata.record_event(
         conn,
         kind="endpoint.deployed",
         subject=f"endpoint:{name}",
         actor=actor,
-        reason=reason or f"endpoint '{name}' route '{route.name}' {action}",
-        data={"route": route.name, **asdict(route)},
+        reason=reason or f"endpoint '{name}' routes: {described}",
+        data={"routes": [asdict(route) for route in changes]},
     )
     metadata.bump_change_counter(conn)
     return True

@@ -1,4 +1,4 @@
-"""Rollouts: a candidate version's way through shadow and canary steps to promotion or rollback.
+"""Rollouts (a candidate version's way through shadow and canary steps) and bandits (arm weights from rewards).
 
 Revision ID: 0007
 Revises: 0006
@@ -34,7 +34,18 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
+    op.create_table(
+        "bandits",
+        sa.Column("endpoint", sa.String(length=200), nullable=False),
+        sa.Column("spec", sa.Text(), nullable=False),
+        sa.Column("state", sa.String(length=20), nullable=False),
+        sa.Column("arms", sa.Text(), nullable=False),
+        sa.Column("started_at", sa.DateTime(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("endpoint"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("bandits")
     op.drop_table("rollouts")
