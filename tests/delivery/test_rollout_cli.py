@@ -40,3 +40,20 @@ def test_bad_steps_and_missing_rollouts_are_explained(candidate: Project) -> Non
     assert bad.exit_code == 1 and "comma-separated percentages" in str(bad.exception)
     missing = runner.invoke(app, ["rollout", "pause", "toy", "-p", str(candidate.path)])
     assert missing.exit_code == 1 and "no active rollout" in str(missing.exception)
+
+
+def test_bandits_and_experiments_from_the_command_line(candidate: Project) -> None:
+    def run(*args: str) -> str:
+        result = runner.invoke(app, [*args, "-p", str(candidate.path)])
+        assert result.exit_code == 0, f"{result.output}{result.exception!r}"
+        return result.output
+
+    assert "a: v1 50%, b: v2 50%" in run("bandit", "start", "toy", "--arm", "a=1", "--arm", "b=2")
+    assert "50%" in run("bandit", "status", "toy")
+    decision = run("experiment", "analyse", "toy", "--control", "a", "--treatment", "b", "--since", "30d")
+    assert "continue" in decision and "planned" in decision
+    assert "stopped" in run("bandit", "stop", "toy")
+    bad = runner.invoke(
+        app, ["bandit", "start", "toy", "--arm", "a", "--arm", "b=2", "-p", str(candidate.path)]
+    )
+    assert bad.exit_code == 1 and "NAME=VERSION" in str(bad.exception)

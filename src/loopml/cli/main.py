@@ -20,6 +20,7 @@ from loopml.cli.materialize import materialize
 from loopml.cli.serve import serve
 from loopml.cli.train import train
 from loopml.config import write_config
+from loopml.delivery.bandits import tick_bandits
 from loopml.delivery.rollouts import tick_rollouts
 from loopml.errors import LoopmlError
 from loopml.features import Entity, FeatureService, FeatureView, OnDemandFeatureView
@@ -38,6 +39,8 @@ app.add_typer(runs.app, name="runs")
 app.add_typer(endpoints.app, name="endpoints")
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(rollout.app, name="rollout")
+app.add_typer(rollout.bandit_app, name="bandit")
+app.add_typer(rollout.experiment_app, name="experiment")
 app.add_typer(features.features_app, name="features")
 app.add_typer(features.datasets_app, name="datasets")
 policy_app = typer.Typer(help="Retraining policies.", no_args_is_help=True)
@@ -208,6 +211,9 @@ def controller(
                     console.print(f"[bold]{decision.policy}[/]: {decision.action}: {decision.reason}")
                 for moved in tick_rollouts(project):
                     console.print(f"[bold]rollout {moved.rollout}[/]: {moved.action}: {moved.reason}")
+                for endpoint, arms in tick_bandits(project).items():
+                    weights = ", ".join(f"{a.name} {a.weight:g}%" for a in arms)
+                    console.print(f"[bold]bandit {endpoint}[/]: {weights}")
             elif not waiting:
                 console.print("another controller is acting on this project; standing by")
                 waiting = True

@@ -1,4 +1,4 @@
-"""`loopml rollout`: start a candidate version's rollout on an endpoint, watch it, pause, resume, promote, abort."""
+"""`loopml rollout`, `loopml bandit`, `loopml experiment`: progressive delivery from the command line."""
 
 from __future__ import annotations
 
@@ -7,8 +7,17 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from loopml.cli.common import ProjectOption, console, open_project
+from loopml.cli.common import ProjectOption, console, open_project, parse_duration, parse_time
 from loopml.delivery.analysis import AnalysisSettings
+from loopml.delivery.bandits import (
+    EPSILON_GREEDY,
+    THOMPSON,
+    BanditSpec,
+    start_bandit,
+    stop_bandit,
+    tick_bandit,
+)
+from loopml.delivery.experiments import ExperimentSettings, endpoint_experiment
 from loopml.delivery.rollouts import (
     RolloutSpec,
     abort,
@@ -116,3 +125,79 @@ def abort_command(endpoint: str, reason: str = "", project_dir: Path = ProjectOp
     """End the rollout and take the candidate's traffic away."""
     decision = abort(open_project(project_dir), endpoint, reason=reason)
     console.print(f"rollout {decision.rollout}: {decision.action}: {decision.reason}")
+
+
+bandit_app = typer.Typer(help="Bandits: traffic to the versions whose predictions earn the most reward.")
+experiment_app = typer.Typer(help="A/B experiments between two routes of an endpoint.")
+
+
+@bandit_app.command(name="start")
+def bandit_start(
+    endpoint: str,
+    arm: list[str] = typer.Option(..., help="NAME=VERSION, once per arm (at least two)."),
+    policy: str = typer.Option(THOMPSON, help=f"{THOMPSON} or {EPSILON_GREEDY}."),
+    epsilon: float = typer.Option(0.1, help="Exploration share for epsilon-greedy."),
+    min_share: float = typer.Option(0.02, help="Least share of traffic every arm keeps."),
+    project_dir: Path = ProjectOption,
+) -> None:
+    """Split ENDPOINT's traffic over the arms, equally at first; `loopml controller` moves it by rewards."""
+    arms = {}
+    for text in arm:
+        name, sep, version = text.partition("=")
+        if not sep or not version.isdigit():
+            raise ValidationError(f"--arm takes NAME=VERSION (such as b=7), got {text!r}.")
+        arms[name] = int(version)
+    started = start_bandit(open_project(project_dir), endpoint, BanditSpec(arms, policy, epsilon, min_share))
+    console.print(", ".join(f"{a.name}: v{a.version} {a.weight:g}%" for a in started))
+
+
+@bandit_app.command(name="status")
+def bandit_status(endpoint: str, project_dir: Path = ProjectOption) -> None:
+    """Recount the rewards now and show each arm's weight."""
+    table = Table("arm", "version", "pulls", "rewards", "mean", "weight")
+    for a in tick_bandit(open_project(project_dir), endpoint):
+        table.add_row(
+            a.name, str(a.version), str(a.pulls), f"{a.rewards:g}", f"{a.mean:.4f}", f"{a.weight:g}%"
+        )
+    console.print(table)
+
+
+@bandit_app.command(name="stop")
+def bandit_stop(endpoint: str, project_dir: Path = ProjectOption) -> None:
+    """Take the arms' routes away; the primary serves again."""
+    stop_bandit(open_project(project_dir), endpoint)
+    console.print(f"bandit on '{endpoint}' stopped")
+
+
+@experiment_app.command(name="analyse")
+def experiment_analyse(
+    endpoint: str,
+    treatment: str = typer.Option(..., help="The treatment route (an experiment arm)."),
+    control: str = typer.Option("primary", help="The control route."),
+    since: str = typer.Option("14d", help="Predictions from this long before --at."),
+    at: str | None = typer.Option(None, help="End of the range (ISO time); default now."),
+    min_effect: float = typer.Option(0.02, help="Smallest difference worth detecting."),
+    alpha: float = typer.Option(0.05, help="Significance level."),
+    power: float = typer.Option(0.8, help="Power of the planned sample."),
+    project_dir: Path = ProjectOption,
+) -> None:
+    """The A/B test of two routes: effect, confidence interval, p-value, planned sample and decision."""
+    project = open_project(project_dir)
+    end = parse_time(at, project)
+    result = endpoint_experiment(
+        project.offline,
+        endpoint,
+        control,
+        treatment,
+        end - parse_duration(since),
+        end,
+        labels_until=project.clock.now(),
+        settings=ExperimentSettings(alpha=alpha, power=power, min_effect=min_effect),
+    )
+    for arm in (result.control, result.treatment):
+        console.print(f"{arm.name}: {arm.n} outcomes, mean {arm.mean:.4g}")
+    console.print(
+        f"effect {result.effect:.4g} ({1 - alpha:.0%} CI {result.ci_low:.4g} to {result.ci_high:.4g}), "
+        f"p={result.p_value:.3g}, planned {result.required_n} per arm"
+    )
+    console.print(f"[bold]{result.decision}[/]: {result.reason}")

@@ -70,7 +70,9 @@ class ArmStats:
 def allocation(spec: BanditSpec, pulls: dict[str, int], rewards: dict[str, float]) -> dict[str, float]:
     """Percent of traffic per arm for these counts."""
     names = list(spec.arms)
-    if spec.policy == THOMPSON:
+    if not any(pulls.values()):
+        shares = np.full(len(names), 1 / len(names))  # no evidence yet: an equal split
+    elif spec.policy == THOMPSON:
         seed = sum(pulls.values()) * 1_000_003 + int(sum(rewards.values()))
         rng = np.random.default_rng(seed)
         draws = np.column_stack(
@@ -100,9 +102,7 @@ def start_bandit(
             f"Endpoint '{endpoint}' already has experiment route(s) {taken}; remove them first."
         )
     now = project.clock.now()
-    equal = round(100 / len(spec.arms), 1)
-    weights = {name: equal for name in spec.arms}
-    weights[next(iter(spec.arms))] += round(100 - equal * len(spec.arms), 1)
+    weights = allocation(spec, dict.fromkeys(spec.arms, 0), dict.fromkeys(spec.arms, 0.0))
     arms = [ArmStats(n, v, 0, 0.0, weights[n]) for n, v in spec.arms.items()]
     with project.metadata.begin() as conn:
         existing = conn.execute(select(bandits).where(bandits.c.endpoint == endpoint)).first()
