@@ -8,18 +8,25 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 
+from loopml.delivery.rollouts import RolloutSpec
 from loopml.errors import NotFoundError, ValidationError
 from loopml.features.definitions import check_identifier
 from loopml.loop.tables import policies
 from loopml.storage.metadata import MetadataStore
 from loopml.training.gate_policy import GatePolicy, MetricThreshold
 
-_DURATIONS = ("drift_window", "reference_window", "training_window", "evaluation_window", "cooldown")
+_DURATIONS = ("drift_window", "reference_window", "training_window", "evaluation_window", "cooldown", "every")
 
 
 @dataclass(frozen=True)
 class DriftRetrainPolicy:
-    """Retrain when the share of drifted inputs passes a threshold; promote only if the gate passes.
+    """Retrain when a trigger fires; a candidate that passes the gate is promoted, or rolled out.
+
+    Triggers: the share of drifted inputs above `drift_share_threshold` in each of the last
+    `consecutive_windows` drift windows; the champion's live `metric` on the last drift window's labels below
+    `metric_floor`; a schedule (`every`); a manual request (`loopml policy trigger`). With `rollout` (a
+    RolloutSpec as a dict) a candidate goes through shadow and canary steps before the alias moves; the
+    policy waits while a rollout of the endpoint is in progress (one retrain per model at a time).
 
     Drift compares the newest `reference_window` of the champion's training snapshot (what the world looked
     like when it was trained) with the endpoint's last `drift_window` of predictions. The candidate trains
@@ -44,6 +51,10 @@ class DriftRetrainPolicy:
     cooldown: timedelta = timedelta(days=3)
     metric: str = "roc_auc"
     min_delta: float = 0.0
+    consecutive_windows: int = 1
+    metric_floor: float | None = None
+    every: timedelta | None = None
+    rollout: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_identifier("Policy", self.name)
@@ -56,6 +67,12 @@ class DriftRetrainPolicy:
         if self.evaluation_window >= self.training_window:
             raise ValidationError("evaluation_window must be shorter than training_window.")
         self.gate_policy()  # an unknown metric or a bad min_delta fails here, not at the first retrain
+        if self.consecutive_windows < 1:
+            raise ValidationError(f"consecutive_windows must be at least 1, got {self.consecutive_windows}.")
+        if self.every is not None and self.every <= timedelta(0):
+            raise ValidationError(f"every must be a positive duration, got {self.every}.")
+        if self.rollout is not None:
+            RolloutSpec.from_dict(self.rollout)  # a bad rollout fails here too
 
     def gate_policy(self) -> GatePolicy:
         """The evaluation gate a retrained candidate must pass before it replaces the champion."""
@@ -68,14 +85,15 @@ class DriftRetrainPolicy:
     def spec(self) -> dict[str, Any]:
         spec = asdict(self)
         for key in _DURATIONS:
-            spec[key] = spec[key].total_seconds()
+            spec[key] = spec[key].total_seconds() if spec[key] is not None else None
         return spec
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> DriftRetrainPolicy:
         values = dict(spec)
         for key in _DURATIONS:
-            values[key] = timedelta(seconds=values[key])
+            if values.get(key) is not None:
+                values[key] = timedelta(seconds=values[key])
         return cls(**values)
 
 
@@ -180,6 +198,20 @@ def get_policy(metadata: MetadataStore, name: str) -> tuple[DriftRetrainPolicy, 
     if row is None:
         raise NotFoundError(f"No policy named '{name}'; see `loopml policy list`.")
     return DriftRetrainPolicy.from_spec(row.spec), row.state
+
+
+def request_retrain(metadata: MetadataStore, name: str, *, actor: str = "loopml", reason: str = "") -> None:
+    """Ask the controller to retrain at its next tick, whatever the triggers say (the cool-down included)."""
+    get_policy(metadata, name)
+    update_state(metadata, name, requested=True)
+    with metadata.begin() as conn:
+        metadata.record_event(
+            conn,
+            kind="policy.requested",
+            subject=f"policy:{name}",
+            actor=actor,
+            reason=reason or "retrain requested",
+        )
 
 
 def update_state(metadata: MetadataStore, name: str, **changes: Any) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pandas as pd
 
+from loopml.delivery.rollouts import RolloutSpec, start_rollout
 from loopml.loop.policy import DriftRetrainPolicy
 from loopml.registry.models import ModelVersion
 from loopml.serving.prediction_log import read_labelled_predictions
@@ -94,15 +95,16 @@ def retrain_and_gate(
     policy: DriftRetrainPolicy,
     champion: ModelVersion,
     data: RetrainData,
-    drift_share: float,
+    why: str,
 ) -> RetrainOutcome:
-    """Train a candidate, judge it against the champion on the newest rows, promote it if it wins."""
+    """Train a candidate, judge it against the champion on the newest rows; if it wins, promote it, or start
+    its rollout when the policy declares one."""
     actor = f"policy:{policy.name}"
     trained = project.train(data.spec, data.fit_rows)
     candidate = project.registry.register(
         trained,
         actor=actor,
-        reason=f"retrained on {len(data.fit_rows)} labelled predictions after drift share {drift_share:.2f}",
+        reason=f"retrained on {len(data.fit_rows)} labelled predictions after {why}",
     )
     project.registry.set_alias(
         policy.model_name,
@@ -120,16 +122,28 @@ def retrain_and_gate(
             score_version(project, champion, data.gate_rows, data.spec.timestamp_field).to_numpy(),
         )
         project.registry.record_gate(policy.model_name, candidate.version, gate.to_dict(), actor=actor)
-        if gate.passed:
+        if gate.passed and policy.rollout is not None:
+            start_rollout(
+                project,
+                policy.endpoint,
+                candidate.version,
+                spec=RolloutSpec.from_dict(policy.rollout),
+                actor=actor,
+                reason=f"passed the gate ({gate.reason}) after {why}",
+            )
+            outcome = "rolling out"
+        elif gate.passed:
             project.registry.set_alias(
                 policy.model_name,
                 "champion",
                 candidate.version,
                 actor=actor,
                 reason=f"promoted: {gate.reason}",
-                evidence={"gate": gate.to_dict(), "drift_share": drift_share},
+                evidence={"gate": gate.to_dict(), "trigger": why},
             )
-        outcome = "promoted to champion" if gate.passed else f"rejected by the gate: {gate.reason}"
+            outcome = "promoted to champion"
+        else:
+            outcome = f"rejected by the gate: {gate.reason}"
     finally:
         project.registry.remove_alias(policy.model_name, "challenger", actor=actor, reason=outcome)
     return RetrainOutcome(candidate, gate, {**data.evidence, "gate": gate.to_dict()})
