@@ -7,7 +7,9 @@ from datetime import timedelta
 
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from loopml.cli.main import app
 from loopml.delivery.rollouts import list_rollouts
 from loopml.loop.controller import DEFERRED, NONE, PROMOTED, ROLLING_OUT, Controller
 from loopml.loop.policy import DriftRetrainPolicy, get_policy, request_retrain, save_policy
@@ -110,3 +112,17 @@ def test_a_candidate_that_passes_the_gate_is_rolled_out_and_blocks_the_next_retr
     request_retrain(labelled.metadata, "toy_policy")
     [blocked] = Controller(labelled).tick()
     assert blocked.action == DEFERRED and "one retrain at a time" in blocked.reason
+
+
+def test_policy_show_and_trigger_from_the_command_line(labelled: Project) -> None:
+    save_policy(labelled.metadata, policy(rollout={"steps": [10, 100]}))
+    runner = CliRunner()
+    shown = runner.invoke(app, ["policy", "show", "toy_policy", "-p", str(labelled.path)])
+    assert shown.exit_code == 0 and "consecutive_windows" in shown.output and "rollout" in shown.output
+    asked = runner.invoke(
+        app, ["policy", "trigger", "toy_policy", "--reason", "audit", "-p", str(labelled.path)]
+    )
+    assert asked.exit_code == 0 and "requested" in asked.output
+    assert get_policy(labelled.metadata, "toy_policy")[1]["requested"] is True
+    kinds = [e.kind for e in labelled.metadata.events(subject_prefix="policy:toy_policy")]
+    assert kinds[-1] == "policy.requested"

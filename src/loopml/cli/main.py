@@ -27,7 +27,14 @@ from loopml.features import Entity, FeatureService, FeatureView, OnDemandFeature
 from loopml.features.registry import AppliedChange
 from loopml.loop.controller import Controller
 from loopml.loop.lock import ControllerLock
-from loopml.loop.policy import DriftRetrainPolicy, apply_policies, list_policies, plan_policies
+from loopml.loop.policy import (
+    DriftRetrainPolicy,
+    apply_policies,
+    get_policy,
+    list_policies,
+    plan_policies,
+    request_retrain,
+)
 
 app = typer.Typer(
     help="loopml: features, training, registry, serving, monitoring and automatic retraining in one loop.",
@@ -189,6 +196,29 @@ def policy_list(project_dir: Path = ProjectOption) -> None:
             state.get("last_retrain_at", "-"),
         )
     console.print(table)
+
+
+@policy_app.command("show")
+def policy_show(name: str, project_dir: Path = ProjectOption) -> None:
+    """A policy's settings, triggers, rollout and state."""
+    policy, state = get_policy(open_project(project_dir).metadata, name)
+    table = Table("setting", "value")
+    for key, value in policy.spec().items():
+        table.add_row(key, str(value))
+    for key, value in state.items():
+        table.add_row(f"state: {key}", str(value))
+    console.print(table)
+
+
+@policy_app.command("trigger")
+def policy_trigger(
+    name: str,
+    reason: str = typer.Option("", help="Why (kept in the events)."),
+    project_dir: Path = ProjectOption,
+) -> None:
+    """Ask the controller to retrain at its next tick (the cool-down does not apply)."""
+    request_retrain(open_project(project_dir).metadata, name, reason=reason)
+    console.print(f"retrain of policy '{name}' requested; the controller acts at its next tick")
 
 
 @app.command()
