@@ -180,9 +180,11 @@ def test_a_shadow_phase_comes_first_and_never_serves(candidate: Project, clock) 
     spec = RolloutSpec(**{**SPEC_FAST.__dict__, "shadow_minutes": 5.0})
     start_rollout(candidate, "toy", 2, spec=spec)
     assert routes(candidate)["shadow"] == (2, 100.0) and "canary" not in routes(candidate)
-    step_minutes(candidate, clock, 11, candidate_route="shadow")
+    step_minutes(candidate, clock, 11, candidate_route="shadow", latency_ms=80.0)  # scored at idle priority
     [decision] = tick_rollouts(candidate)
     assert decision.action == "advanced" and "canary step 1 of 2 (5%)" in decision.reason
+    latency = next(c for c in decision.evidence["checks"] if c["name"] == "p99_latency")
+    assert latency["status"] == "skipped" and "idle priority" in latency["reason"]
     assert routes(candidate) == {"primary": (None, 100.0), "canary": (2, 5.0)}
 
 

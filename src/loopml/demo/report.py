@@ -80,20 +80,57 @@ def write_report(result: DemoResult, project: Project) -> Path:
     events = [
         e
         for e in project.metadata.events()
-        if e.kind in {"alias.moved", "gate.passed", "gate.failed", "model.registered", "endpoint.deployed"}
+        if e.kind
+        in {
+            "alias.moved",
+            "gate.passed",
+            "gate.failed",
+            "model.registered",
+            "endpoint.deployed",
+            "rollout.started",
+            "rollout.advanced",
+            "rollout.promoted",
+            "rollout.rolled_back",
+        }
     ]
+    charts = [auc.to_svg(), drift.to_svg(), p_values.to_svg()]
+    if result.rollouts:
+        charts.append(_traffic_chart(result, index))
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("loopml.demo", "."), autoescape=jinja2.select_autoescape(["html", "j2"])
     )
     html = environment.get_template("report.html.j2").render(
         result=result,
-        charts=[auc.to_svg(), drift.to_svg(), p_values.to_svg()],
+        charts=charts,
+        rollouts=[r for r in result.rollouts if r.action not in ("held", "analysed")],
         comparison=result.comparison.to_dict("records"),
         events=events,
         decisions=[d for d in days if d.decision.action not in {"none", "skipped"}],
     )
     result.report_path.write_text(html)
     return result.report_path
+
+
+def _traffic_chart(result: DemoResult, index: dict[str, int]) -> str:
+    """The share of traffic each rollout's candidate had over time (shadow: mirrored, 0% served)."""
+    series = []
+    for rollout in sorted({r.rollout for r in result.rollouts}):
+        records = [r for r in result.rollouts if r.rollout == rollout]
+        points = [(_day_position(r.time, index), r.share) for r in records if r.time[:10] in index]
+        outcome = records[-1].action
+        series.append(Series(f"v{records[0].candidate} ({outcome})", points))
+    x_labels = {float(i): d[5:] for d, i in index.items() if i % 5 == 0}
+    return LineChart(
+        "Candidates' share of served traffic during their rollouts",
+        series,
+        x_labels=x_labels,
+        y_range=(0, 100),
+    ).to_svg()
+
+
+def _day_position(time: str, index: dict[str, int]) -> float:
+    hours = int(time[11:13]) + int(time[14:16]) / 60
+    return index[time[:10]] + hours / 24
 
 
 def _minus_log10(p: float | None) -> float:

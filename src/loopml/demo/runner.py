@@ -2,7 +2,10 @@
 
 Everything runs on a simulated clock shared through a file by the demo, the `loopml serve` child process and
 the controller: each request is sent at its transaction's time, labels arrive when their chargebacks do, the
-feature job and the controller run at the end of each simulated day.
+feature job and the retraining policy run at the end of each simulated day, and rollouts are analysed every
+simulated hour. A retrained candidate that passes the gate goes shadow → canary → promoted; a few days later
+the demo rolls out a deliberately wrong candidate (trained on inverted labels), which the canary analysis
+rolls back on its own.
 """
 
 from __future__ import annotations
@@ -22,12 +25,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from loopml.clock import FileClock
 from loopml.config import write_config
 from loopml.data.snapshots import get_snapshot
+from loopml.delivery.rollouts import (
+    PROMOTED,
+    Rollout,
+    RolloutSpec,
+    list_rollouts,
+    start_rollout,
+    tick_rollouts,
+)
 from loopml.demo import features as demo_features
 from loopml.demo.report import write_report
 from loopml.demo.world import World, WorldConfig, generate
-from loopml.loop.controller import PROMOTED, Controller, Decision
+from loopml.loop.controller import ROLLING_OUT, Controller, Decision
 from loopml.loop.policy import DriftRetrainPolicy, save_policy
-from loopml.loop.retrain import score_version
+from loopml.loop.retrain import prepare_retrain, score_version
 from loopml.project import Project
 from loopml.serving.endpoints import deploy
 from loopml.serving.server import ServerProcess
@@ -37,6 +48,15 @@ from loopml.training.pipeline import TrainingSpec
 MODEL = "fraud-detector"
 ENDPOINT = "fraud"
 FEEDBACK_CHUNK = 2000
+# The demo's traffic is about a dozen transactions an hour: a half-day shadow, then half the traffic.
+ROLLOUT = {
+    "steps": [50.0, 100.0],
+    "shadow_minutes": 360.0,
+    "min_step_minutes": 360.0,
+    "min_step_requests": 60,
+    "analysis_interval_minutes": 60.0,
+    "analysis": {"min_requests": 60},
+}
 
 
 @dataclass(frozen=True)
@@ -54,8 +74,10 @@ class DemoConfig:
             "evaluation_window": timedelta(days=3),
             "cooldown": timedelta(days=4),
             "min_delta": 0.02,
+            "rollout": ROLLOUT,
         }
     )
+    bad_candidate_after_days: int = 2  # after the first promotion, a wrong candidate goes out
 
     @property
     def live_start_day(self) -> int:
@@ -72,12 +94,25 @@ class DayRecord:
 
 
 @dataclass(frozen=True)
+class RolloutRecord:
+    """One rollout decision, at simulated time, with the candidate's share of traffic after it."""
+
+    time: str
+    rollout: int
+    candidate: int
+    action: str
+    reason: str
+    share: float
+
+
+@dataclass(frozen=True)
 class DemoResult:
     config: DemoConfig
     days: list[DayRecord]
     change_date: str
     first_drift_date: str | None
     promotions: list[tuple[str, int]]
+    rollouts: list[RolloutRecord]
     versions: list[dict[str, Any]]
     comparison: pd.DataFrame
     served: pd.DataFrame
@@ -106,14 +141,14 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None) -
         console.print(f"Serving [bold]{MODEL}[/] v{v1.version} at {base_url}/v1/endpoints/{ENDPOINT}/predict")
     try:
         with httpx.Client(base_url=base_url, timeout=30) as client:
-            days, served = _simulate(project, clock, world, config, client, console)
+            days, served, rollouts = _simulate(project, clock, world, config, client, console)
     finally:
         server.stop()
 
     change_date = world.day_start(config.world.change_day).date().isoformat()
     promotions = [
         (d.date, d.decision.evidence["candidate_version"]) for d in days if d.decision.action == PROMOTED
-    ]
+    ] + [(r.time[:10], r.candidate) for r in rollouts if r.action == PROMOTED]
     drifted = [
         d for d in days if d.decision.evidence.get("drift_share", 0) > config.policy["drift_share_threshold"]
     ]
@@ -126,6 +161,7 @@ def run_demo(config: DemoConfig | None = None, console: Console | None = None) -
         change_date=change_date,
         first_drift_date=drifted[0].date if drifted else None,
         promotions=promotions,
+        rollouts=rollouts,
         versions=_versions(project),
         comparison=comparison,
         served=served,
@@ -215,16 +251,18 @@ def _simulate(
     config: DemoConfig,
     client: httpx.Client,
     console: Console | None,
-) -> tuple[list[DayRecord], pd.DataFrame]:
-    """Send each day's traffic, deliver due labels, run the feature job and a controller tick.
+) -> tuple[list[DayRecord], pd.DataFrame, list[RolloutRecord]]:
+    """Send each hour's traffic (analysing rollouts after it), deliver due labels, run the feature job and a
+    policy tick at the end of each day, and send out a wrong candidate a few days after the first promotion.
 
-    Returns a record per day and what was served per transaction (output and true label).
+    Returns a record per day, what was served per transaction (output and true label) and the rollout log.
     """
     tx = world.transactions
     controller = Controller(project)
     prediction_ids: dict[int, str] = {}
     labelled: set[int] = set()
-    records, served = [], []
+    records, served, rollouts = [], [], []
+    bad_candidate_day: int | None = None
     live_days = range(config.live_start_day, config.world.days)
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -239,18 +277,31 @@ def _simulate(
         task = progress.add_task("simulated days", total=len(live_days), status="")
         for day in live_days:
             day_start, day_end = world.day_start(day), world.day_start(day + 1)
-            todays = tx[(tx.event_timestamp >= day_start) & (tx.event_timestamp < day_end)]
+            if day == bad_candidate_day:
+                if _roll_out_a_wrong_candidate(project, config, day_start):
+                    rollouts.append(_started(project))
+                else:
+                    bad_candidate_day += 1  # a rollout is still going on: try again tomorrow
             versions = []
-            for row in todays.itertuples(index=False):
-                clock.set(row.event_timestamp.to_pydatetime())
-                answer = _predict(client, row)
-                # The transaction joins its user's stream once scored, so the next one sees it online.
-                project.push("user_transactions", [_transaction_event(row)])
-                prediction_ids[row.transaction_id] = answer["prediction_id"]
-                served.append(
-                    (row.transaction_id, day_start.date().isoformat(), answer["output"], row.is_fraud)
-                )
-                versions.append(answer["model_version"])
+            for hour in range(24):
+                hour_start = day_start + pd.Timedelta(hours=hour)
+                hour_end = hour_start + pd.Timedelta(hours=1)
+                this_hour = tx[(tx.event_timestamp >= hour_start) & (tx.event_timestamp < hour_end)]
+                for row in this_hour.itertuples(index=False):
+                    clock.set(row.event_timestamp.to_pydatetime())
+                    answer = _predict(client, row)
+                    # The transaction joins its user's stream once scored, so the next one sees it online.
+                    project.push("user_transactions", [_transaction_event(row)])
+                    prediction_ids[row.transaction_id] = answer["prediction_id"]
+                    served.append(
+                        (row.transaction_id, day_start.date().isoformat(), answer["output"], row.is_fraud)
+                    )
+                    versions.append(answer["model_version"])
+                clock.set(hour_end.to_pydatetime())
+                for moved in _analyse_rollouts(project, client):
+                    rollouts.append(moved)
+                    if moved.action == PROMOTED and bad_candidate_day is None:
+                        bad_candidate_day = day + config.bad_candidate_after_days
 
             clock.set(day_end.to_pydatetime())
             due = tx[(tx.label_available_at <= day_end) & tx.transaction_id.isin(prediction_ids.keys())]
@@ -270,18 +321,77 @@ def _simulate(
             decision = controller.tick()[0]
             if decision.action == PROMOTED:
                 _wait_for_version(client, decision.evidence["candidate_version"])
+            if decision.action == ROLLING_OUT:
+                rollouts.append(_started(project))
             records.append(
-                DayRecord(day, day_start.date().isoformat(), len(todays), sorted(set(versions)), decision)
+                DayRecord(day, day_start.date().isoformat(), len(versions), sorted(set(versions)), decision)
             )
             share = decision.evidence.get("drift_share")
             status = (
                 f"{day_start:%b %d}  v{max(versions)}  drift {share:.2f}  {decision.action}"
-                if share is not None
+                if share is not None and versions
                 else ""
             )
             progress.update(task, advance=1, status=status)
     columns = ["transaction_id", "date", "output", "is_fraud"]
-    return records, pd.DataFrame(served, columns=columns)
+    return records, pd.DataFrame(served, columns=columns), rollouts
+
+
+def _analyse_rollouts(project: Project, client: httpx.Client) -> list[RolloutRecord]:
+    """An hourly rollout tick, after the hour's predictions are in the log."""
+    if not list_rollouts(project, endpoint=ENDPOINT, active_only=True):
+        return []
+    client.post("/v1/predictions/flush").raise_for_status()
+    moved = []
+    for decision in tick_rollouts(project):
+        [rollout] = [r for r in list_rollouts(project, endpoint=ENDPOINT) if r.id == decision.rollout]
+        if decision.action == PROMOTED:
+            _wait_for_version(client, rollout.candidate_version)
+        moved.append(_record(project, rollout, decision.action, decision.reason))
+    return moved
+
+
+def _started(project: Project) -> RolloutRecord:
+    rollout = list_rollouts(project, endpoint=ENDPOINT, active_only=True)[0]
+    return _record(project, rollout, "started", rollout.reason)
+
+
+def _record(project: Project, rollout: Rollout, action: str, reason: str) -> RolloutRecord:
+    current = next(r for r in list_rollouts(project, endpoint=ENDPOINT) if r.id == rollout.id)
+    if not current.active:
+        share = 100.0 if current.state == PROMOTED else 0.0
+    else:
+        share = 0.0 if current.phase == "shadow" else current.spec.steps[current.step]
+    return RolloutRecord(
+        project.clock.now().strftime("%Y-%m-%d %H:%M"),
+        rollout.id,
+        rollout.candidate_version,
+        action,
+        reason,
+        share,
+    )
+
+
+def _roll_out_a_wrong_candidate(project: Project, config: DemoConfig, at: pd.Timestamp) -> bool:
+    """Train a candidate on the champion's newest labelled data with the labels inverted, and roll it out
+    straight to the canary: the analysis must take it back. False when it cannot go out today."""
+    if list_rollouts(project, endpoint=ENDPOINT, active_only=True):
+        return False
+    policy = DriftRetrainPolicy("fraud_drift", MODEL, ENDPOINT, **config.policy)
+    data = prepare_retrain(project, policy, at.to_pydatetime())
+    if isinstance(data, str):
+        return False
+    inverted = data.fit_rows.assign(**{data.spec.label: 1 - data.fit_rows[data.spec.label]})
+    wrong = project.registry.register(
+        project.train(data.spec, inverted),
+        actor="demo",
+        reason="a wrong candidate: trained on inverted labels",
+    )
+    spec = RolloutSpec.from_dict({**ROLLOUT, "shadow_minutes": 0.0})
+    start_rollout(
+        project, ENDPOINT, wrong.version, spec=spec, actor="demo", reason="a wrong candidate goes out"
+    )
+    return True
 
 
 def _predict(client: httpx.Client, row: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def summarise(result: DemoResult, console: Console) -> None:
         title="Model versions",
     )
     for v in result.versions:
-        gate = _gate(v["gate"])
+        gate = _gate(v["gate"], v["version"])
         auc = "" if v["validation_auc"] is None else f"{v['validation_auc']:.3f}"
         versions.add_row(
             f"v{v['version']}",
@@ -59,6 +59,15 @@ def summarise(result: DemoResult, console: Console) -> None:
         )
     promotions = ", ".join(f"v{v} on {d}" for d, v in result.promotions) or "none"
     console.print(f"Promotions by the controller: {promotions}.")
+    if result.rollouts:
+        rollouts = Table(
+            "time", "rollout", "candidate", "decision", "candidate's traffic", "why", title="Rollouts"
+        )
+        for r in result.rollouts:
+            if r.action in ("held", "analysed"):
+                continue
+            rollouts.add_row(r.time, str(r.rollout), f"v{r.candidate}", r.action, f"{r.share:g}%", r.reason)
+        console.print(rollouts)
 
     comparison = Table(
         "version",
@@ -84,9 +93,9 @@ def summarise(result: DemoResult, console: Console) -> None:
     console.print(f"Finished in {result.seconds:.0f} s. Report: [bold]{result.report_path}[/]")
 
 
-def _gate(gate: dict | None) -> str:
+def _gate(gate: dict | None, version: int) -> str:
     if gate is None:
-        return "first model"
+        return "first model" if version == 1 else "no gate (sent out by hand)"
     verdict = "passed" if gate["passed"] else "failed"
     if gate["champion"] is None:
         return verdict
