@@ -57,3 +57,17 @@ def test_bandits_and_experiments_from_the_command_line(candidate: Project) -> No
         app, ["bandit", "start", "toy", "--arm", "a", "--arm", "b=2", "-p", str(candidate.path)]
     )
     assert bad.exit_code == 1 and "NAME=VERSION" in str(bad.exception)
+
+
+def test_events_filter_by_endpoint_model_and_time(candidate: Project) -> None:
+    invoke(candidate, "start", "toy", "--version", "2")
+    by_endpoint = runner.invoke(app, ["events", "--endpoint", "toy", "-p", str(candidate.path)])
+    assert by_endpoint.exit_code == 0 and "rollout.started" in by_endpoint.output
+    by_model = runner.invoke(app, ["events", "--model", "toy", "-p", str(candidate.path)])
+    assert "rollout.started" not in by_model.output and "alias.moved" in by_model.output
+    before = runner.invoke(
+        app, ["events", "--endpoint", "toy", "--until", "2025-01-01", "-p", str(candidate.path)]
+    )
+    assert "rollout.started" not in before.output
+    both = runner.invoke(app, ["events", "--endpoint", "toy", "--model", "toy", "-p", str(candidate.path)])
+    assert both.exit_code == 1 and "one of --subject" in str(both.exception)

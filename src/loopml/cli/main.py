@@ -22,7 +22,7 @@ from loopml.cli.train import train
 from loopml.config import write_config
 from loopml.delivery.bandits import tick_bandits
 from loopml.delivery.rollouts import tick_rollouts
-from loopml.errors import LoopmlError
+from loopml.errors import LoopmlError, ValidationError
 from loopml.features import Entity, FeatureService, FeatureView, OnDemandFeatureView
 from loopml.features.registry import AppliedChange
 from loopml.loop.controller import Controller
@@ -164,16 +164,23 @@ app.command()(serve)
 def events(
     kind: str | None = typer.Option(None, help="Only this kind, e.g. alias.moved."),
     subject: str | None = typer.Option(None, help="Subjects starting with this, e.g. model:fraud."),
+    model: str | None = typer.Option(None, help="Events of this model (its versions and aliases)."),
+    endpoint: str | None = typer.Option(None, help="Events of this endpoint (routes, rollouts, bandits)."),
     since: str | None = typer.Option(None, help="From this ISO time."),
+    until: str | None = typer.Option(None, help="Up to this ISO time."),
     limit: int = typer.Option(50, min=1, help="Show the newest N, oldest first."),
     project_dir: Path = ProjectOption,
 ) -> None:
     """The event log: every state change with who, when, what and why."""
+    prefixes = [p for p in (subject, model and f"model:{model}", endpoint and f"endpoint:{endpoint}") if p]
+    if len(prefixes) > 1:
+        raise ValidationError("Give one of --subject, --model and --endpoint.")
     project = open_project(project_dir)
     found = project.metadata.events(
         kind=kind,
-        subject_prefix=subject,
+        subject_prefix=prefixes[0] if prefixes else None,
         since=None if since is None else parse_time(since, project),
+        until=None if until is None else parse_time(until, project),
         last=limit,
     )
     table = Table("time", "actor", "kind", "subject", "why")
