@@ -58,8 +58,10 @@ def traffic(
     latency_ms: float = 2.0,
     shift: float = 0.0,
     errors: int = 0,
-) -> None:
-    """`n` logged predictions (and `errors` failed requests) of one version over the last `minutes`."""
+    mirrors: list[str] | None = None,
+) -> list[str]:
+    """`n` logged predictions (and `errors` failed requests) of one version over the last `minutes`; with
+    `mirrors`, shadow predictions of those served ones. Returns the prediction ids."""
     now = project.clock.now()
     times = [now - timedelta(minutes=minutes) + timedelta(minutes=minutes) * i / n for i in range(n)]
     rows = [
@@ -73,6 +75,7 @@ def traffic(
             "served": route != "shadow",
             "output": float(np.clip(SCORES[i % len(SCORES)] + shift, 0, 1)),
             "latency_seconds": latency_ms / 1000,
+            "mirrors": mirrors[i] if mirrors else None,
         }
         for i, ts in enumerate(times)
     ]
@@ -92,14 +95,16 @@ def traffic(
             for i in range(errors)
         ]
         append_by_day(project.offline, ERRORS, record_table(failed, ERROR_SCHEMA))
+    return [row["prediction_id"] for row in rows]
 
 
 def step_minutes(
     project: Project, clock, minutes: float, candidate_route: str = "canary", **candidate
 ) -> None:
     clock.advance(timedelta(minutes=minutes))
-    traffic(project, minutes, version=1, route="primary")
-    traffic(project, minutes, version=2, route=candidate_route, **candidate)
+    served = traffic(project, minutes, version=1, route="primary")
+    paired = {"mirrors": served} if candidate_route == "shadow" else {}
+    traffic(project, minutes, version=2, route=candidate_route, **paired, **candidate)
 
 
 def routes(project: Project) -> dict[str, tuple[int | None, float]]:
@@ -261,3 +266,20 @@ def test_a_crash_inside_a_transition_leaves_nothing_half_done_and_a_restart_fini
     moved = [e for e in candidate.metadata.events() if e.kind == "alias.moved" and "rollout" in e.reason]
     assert len(moved) == (1 if stage == "promoted" else 0)
     assert candidate.registry.get_alias("toy", "champion") == (2 if stage == "promoted" else 1)
+
+
+def test_a_shadow_that_answers_the_same_requests_differently_is_rolled_back(
+    candidate: Project, clock
+) -> None:
+    spec = RolloutSpec(**{**SPEC_FAST.__dict__, "shadow_minutes": 5.0})
+    start_rollout(candidate, "toy", 2, spec=spec)
+    clock.advance(timedelta(minutes=11))
+    served = traffic(candidate, 11, version=1, route="primary")
+    # The same score distribution (no output drift) but shuffled against the requests: decisions flip.
+    reordered = served[50:] + served[:50]
+    traffic(candidate, 11, version=2, route="shadow", mirrors=reordered)
+    [decision] = tick_rollouts(candidate)
+    assert decision.action == ROLLED_BACK and "paired_outputs fail" in decision.reason
+    paired = next(c for c in decision.evidence["checks"] if c["name"] == "paired_outputs")
+    drift = next(c for c in decision.evidence["checks"] if c["name"] == "output_drift")
+    assert paired["candidate"] > 0.3 and drift["status"] == "pass"

@@ -60,6 +60,21 @@ def test_shadows_are_scored_by_a_child_at_idle_priority(shadowed) -> None:
     assert os.sched_getscheduler(pid) == os.SCHED_IDLE
 
 
+def test_each_shadow_prediction_names_the_served_prediction_it_mirrors(shadowed) -> None:
+    project, client = shadowed
+    answers = {ask(client, f"p{i}")["prediction_id"]: f"p{i}" for i in range(4)}
+    client.post("/v1/predictions/flush").raise_for_status()
+    logged = read_predictions(
+        project.offline, "toy", START, START + pd.Timedelta(days=30), include_shadow=True
+    )
+    shadows = logged[~logged.served]
+    assert set(shadows.mirrors) == set(answers)
+    assert {answers[m]: unit for m, unit in zip(shadows.mirrors, shadows.unit_id, strict=True)} == {
+        unit: unit for unit in answers.values()
+    }
+    assert logged[logged.served].mirrors.isna().all()
+
+
 def test_a_killed_shadow_process_is_started_again(shadowed) -> None:
     project, client = shadowed
     shadows: ShadowProcess = client.app.state.shadows

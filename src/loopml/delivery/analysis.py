@@ -1,6 +1,6 @@
 """Analysis of a candidate version against its baseline over the same period of live traffic.
 
-Four checks, each `pass`, `fail`, `inconclusive` (too few requests to tell) or `skipped` (nothing to
+Four checks (five in the shadow phase), each `pass`, `fail`, `inconclusive` (too few requests to tell) or `skipped` (nothing to
 measure, such as labels that have not arrived). A rollout analyses every interval, so a check that failed on
 any significant difference would, over many looks, roll back healthy candidates; each check therefore fails
 only on a difference that is both material (a threshold) and significant (a test at a strict level):
@@ -13,6 +13,8 @@ only on a difference that is both material (a threshold) and significant (a test
 - output drift: the candidate's scores against the baseline's on the same period; fails when the normalised
   Wasserstein distance reaches `max_output_drift` (half the baseline's score spread: a model retrained after
   drift should score differently, a broken one scores very differently) and the KS test gives p < `p_value`;
+- paired outputs (shadow phase only): each mirrored request's score against the primary's answer to the very
+  same request; fails when the decision at 0.5 flips on more than `max_flip_rate` of them;
 - model metric (ROC AUC from labels, once both sides have `min_labels`): fails when the candidate's is more
   than `max_metric_drop` below the baseline's and more than 1.96 standard errors below it (Hanley and McNeil's
   standard error of each AUC).
@@ -51,6 +53,7 @@ class AnalysisSettings:
     min_labels: int = 50
     max_metric_drop: float = 0.02
     max_output_drift: float = 0.5
+    max_flip_rate: float = 0.3
     p_value: float = 0.001
 
     def __post_init__(self) -> None:
@@ -60,6 +63,8 @@ class AnalysisSettings:
             raise ValidationError(f"max_p99_ratio must be at least 1, got {self.max_p99_ratio}.")
         if not 0 < self.p_value < 1:
             raise ValidationError(f"p_value must be in (0, 1), got {self.p_value}.")
+        if not 0 <= self.max_flip_rate <= 1:
+            raise ValidationError(f"max_flip_rate is a share in [0, 1], got {self.max_flip_rate}.")
         for name in ("max_error_rate_increase", "min_p99_increase_ms", "max_metric_drop", "max_output_drift"):
             if getattr(self, name) < 0:
                 raise ValidationError(f"{name} must not be negative, got {getattr(self, name)}.")
@@ -154,6 +159,8 @@ def analyse(
         _output_drift(cand, base, enough, settings),
         _metric(cand, base, settings),
     ]
+    if candidate.route == SHADOW:
+        checks.append(_paired(cand, base, settings))
     return Analysis(checks, len(cand) + cand_errors, len(base) + base_errors, start, end)
 
 
@@ -241,6 +248,45 @@ def _output_drift(cand: pd.DataFrame, base: pd.DataFrame, enough: bool, settings
         settings.max_output_drift,
         f"normalised Wasserstein {distance:.3f} between the scores (limit {settings.max_output_drift:g}), "
         f"KS p={test.p_value:.2g}",
+    )
+
+
+def _paired(cand: pd.DataFrame, base: pd.DataFrame, settings: AnalysisSettings) -> Check:
+    """The shadow's answers against the primary's to the very same requests: how often the decision at 0.5
+    flips, and by how much the scores differ."""
+    pairs = (
+        cand[["mirrors", "output"]].merge(
+            base[["prediction_id", "output"]],
+            left_on="mirrors",
+            right_on="prediction_id",
+            suffixes=("_candidate", "_baseline"),
+        )
+        if len(cand) and len(base) and "mirrors" in cand
+        else pd.DataFrame()
+    )
+    if len(pairs) < settings.min_requests:
+        return Check(
+            "paired_outputs",
+            INCONCLUSIVE,
+            None,
+            None,
+            None,
+            f"{len(pairs)} paired requests (need {settings.min_requests})",
+        )
+    shadow, primary = (
+        pairs.output_candidate.to_numpy(dtype=float),
+        pairs.output_baseline.to_numpy(dtype=float),
+    )
+    flips = float(((shadow >= 0.5) != (primary >= 0.5)).mean())
+    difference = float(np.abs(shadow - primary).mean())
+    status = FAIL if flips > settings.max_flip_rate else PASS
+    return Check(
+        "paired_outputs",
+        status,
+        flips,
+        None,
+        settings.max_flip_rate,
+        f"on {len(pairs)} identical requests the decision flips {flips:.1%} of the time (limit {settings.max_flip_rate:.0%}); mean score difference {difference:.3f}",
     )
 
 

@@ -47,6 +47,7 @@ PREDICTION_SCHEMA = pa.schema(
         ("latency_seconds", pa.float64()),
         ("route", pa.string()),  # the endpoint route that made it: primary, canary, a shadow or an arm
         ("served", pa.bool_()),  # false for shadow predictions, logged but never returned
+        ("mirrors", pa.string()),  # a shadow prediction: the id of the served prediction of the same request
     ]
 )
 ERRORS = "request_errors"

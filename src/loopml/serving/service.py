@@ -119,7 +119,7 @@ class PredictionService:
             now = self.project.clock.now()
             scored = await self._score(served, routed, columns, rows, methods, unit_id, started, now)
             shadows = served.table.shadows(unit_id) if version is None and self.shadows else []
-            mirror = self._mirror(served, shadows, columns, rows, unit_id, now) if shadows else None
+            mirror = self._mirror(served, shadows, columns, scored, unit_id, now) if shadows else None
         except Exception as exc:
             known = name if name in self.router.endpoints else "unknown"  # no series per made-up name
             self.metrics.requests.labels(known, label, str(status_of(exc))).inc()
@@ -177,6 +177,7 @@ class PredictionService:
         now: datetime,
         *,
         returned: bool = True,
+        mirrors: tuple[str, ...] = (),
     ) -> Scored:
         model = routed.served
         assert model is not None
@@ -205,7 +206,7 @@ class PredictionService:
         if self.log_predictions:
             inputs = columns if prepared is None else prepared.columns
             entities = {k: columns[k] for k in model.join_keys if k in columns}
-            self._log(scored, inputs, entities, unit_id, now, started, returned)
+            self._log(scored, inputs, entities, unit_id, now, started, returned, mirrors)
             if prepared is not None and prepared.fetched is not None:
                 plan = model.feature_plan
                 self.writers[FEATURE_LOOKUPS].put(
@@ -344,22 +345,31 @@ class PredictionService:
         served: ServedEndpoint,
         shadows: list[RoutedTo[LoadedModel]],
         columns: Columns,
-        rows: int,
+        scored: Scored,
         unit_id: str | None,
         now: datetime,
     ) -> Callable[[], Awaitable[None]]:
         """Work to run after the answer is sent: hand the request to the shadow process for each shadow route
-        (its queue full: dropped and counted)."""
+        (its queue full: dropped and counted), with the answer's prediction ids so the two can be paired."""
         assert self.shadows is not None
         shadow_process = self.shadows
         name = served.endpoint.name
+        rows, answered = len(scored.prediction_ids), tuple(scored.prediction_ids)
 
         async def run() -> None:
             for routed in shadows:
                 assert routed.served is not None
                 version = routed.served.version
                 mirrored = Mirrored(
-                    name, routed.route.name, version.model_name, version.version, columns, rows, unit_id, now
+                    name,
+                    routed.route.name,
+                    version.model_name,
+                    version.version,
+                    columns,
+                    rows,
+                    unit_id,
+                    now,
+                    answered,
                 )
                 if shadow_process.submit(mirrored):
                     self.metrics.shadow.labels(name, str(version.version)).inc(rows)
@@ -384,6 +394,7 @@ class PredictionService:
                 time.perf_counter(),
                 request.at,
                 returned=False,
+                mirrors=request.prediction_ids,
             )
         except LoopmlError as exc:
             logger.info("Shadow route %s of %s refused the request: %s", routed.route.name, name, exc)
@@ -422,6 +433,7 @@ class PredictionService:
         now: Any,
         started: float,
         returned: bool,
+        mirrors: tuple[str, ...] = (),
     ) -> None:
         latency = time.perf_counter() - started
         model = scored.model
@@ -443,6 +455,7 @@ class PredictionService:
                     "inputs": json_bytes({k: inputs[k][i] for k in names}).decode(),
                     "output": _loggable(logged[i]) if logged is not None else None,
                     "latency_seconds": latency,
+                    "mirrors": mirrors[i] if mirrors else None,
                 }
             )
 

@@ -55,6 +55,9 @@ class Mirrored:
     rows: int
     unit_id: str | None
     at: datetime
+    prediction_ids: tuple[
+        str, ...
+    ] = ()  # the answer's, one per row: a shadow prediction names what it mirrors
 
 
 @dataclass(frozen=True)
