@@ -232,10 +232,11 @@ def policy_trigger(
 def controller(
     once: bool = typer.Option(False, "--once", help="Run one tick and exit."),
     interval: str = typer.Option("60s", help="Time between ticks."),
+    clock_file: Path | None = typer.Option(None, help="Read simulated time from this file (demo and tests)."),
     project_dir: Path = ProjectOption,
 ) -> None:
     """Evaluate every policy and move every rollout on a schedule, each decision an event."""
-    project = open_project(project_dir)
+    project = open_project(project_dir, clock_file)
     pause = parse_duration(interval).total_seconds()
     with ControllerLock(project.metadata) as lock:
         waiting = False
