@@ -17,11 +17,12 @@ import multiprocessing.process
 import os
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import typer
@@ -56,6 +57,10 @@ def serve(
         help="Keep each worker on a core of its own (default from loopml.yaml serving.pin_workers, else off).",
     ),
     clock_file: Path | None = typer.Option(None, help="Read simulated time from this file (demo and tests)."),
+    with_controller: bool = typer.Option(
+        False, "--with-controller", help="Also run `loopml controller` beside the server (stopped with it)."
+    ),
+    controller_interval: str = typer.Option("60s", help="Time between the controller's ticks."),
     project_dir: Path = ProjectOption,
 ) -> None:
     """Serve every deployed endpoint over HTTP (loopml JSON under /v1, health under /v2, /metrics)."""
@@ -64,12 +69,31 @@ def serve(
     host = host or settings["host"]
     port = port or int(settings["port"])
     count = _worker_count(workers if workers is not None else settings.get("workers", 1))
-    if count == 1:
-        serve_one(project, host, port, log_level="warning")
-        return
     pin = bool(pin_workers if pin_workers is not None else settings.get("pin_workers", False))
-    project.close()
-    serve_workers(project_dir, clock_file, host, port, count, pin=pin)
+    with _controller(project_dir, clock_file, controller_interval) if with_controller else nullcontext():
+        if count == 1:
+            serve_one(project, host, port, log_level="warning")
+            return
+        project.close()
+        serve_workers(project_dir, clock_file, host, port, count, pin=pin)
+
+
+@contextmanager
+def _controller(project_dir: Path, clock_file: Path | None, interval: str) -> Iterator[None]:
+    """`loopml controller` as a child for as long as the server runs (its lock keeps it the only one acting)."""
+    command = [sys.executable, "-m", "loopml", "controller", "--interval", interval, "-p", str(project_dir)]
+    if clock_file is not None:
+        command += ["--clock-file", str(clock_file)]
+    process = subprocess.Popen(command, start_new_session=True)  # a Ctrl-C reaches the server, which stops it
+    try:
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def serve_workers(
