@@ -1,11 +1,14 @@
-"""Shared fixtures: a simulated clock, a fresh project, and real PostgreSQL schemas."""
+"""Shared fixtures: a simulated clock, a fresh project, real PostgreSQL schemas, and a webhook receiver."""
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from urllib.parse import quote
 
@@ -121,3 +124,23 @@ def online_backend(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, 
         return {"LOOPML_ONLINE__URL": f"sqlite:///{tmp_path / 'online-test.db'}"}
     prefix = request.getfixturevalue("redis_prefix")
     return {"LOOPML_ONLINE__URL": REDIS_URL, "LOOPML_ONLINE__KEY_PREFIX": prefix}
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict]]]:
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/alerts", received
+    server.shutdown()

@@ -19,6 +19,7 @@ from loopml.delivery.rollouts import (
     abort,
     active_rollout,
     list_rollouts,
+    notify,
     pause,
     promote_now,
     reconcile,
@@ -283,3 +284,17 @@ def test_a_shadow_that_answers_the_same_requests_differently_is_rolled_back(
     paired = next(c for c in decision.evidence["checks"] if c["name"] == "paired_outputs")
     drift = next(c for c in decision.evidence["checks"] if c["name"] == "output_drift")
     assert paired["candidate"] > 0.3 and drift["status"] == "pass"
+
+
+def test_holds_and_rollbacks_are_sent_to_a_webhook(candidate: Project, clock, webhook) -> None:
+    url, received = webhook
+    start_rollout(candidate, "toy", 2, spec=SPEC_FAST)
+    clock.advance(timedelta(minutes=2))
+    traffic(candidate, 2, version=1, route="primary")
+    traffic(candidate, 2, version=2, route="canary", n=5)
+    notify(url, tick_rollouts(candidate))
+    step_minutes(candidate, clock, 2, latency_ms=80.0)
+    notify(url, tick_rollouts(candidate))
+    assert [body["rollouts"][0]["action"] for body in received] == ["held", ROLLED_BACK]
+    assert "p99_latency fail" in received[1]["rollouts"][0]["reason"]
+    assert received[1]["rollouts"][0]["evidence"]["verdict"] == "fail"

@@ -84,10 +84,12 @@ def controller(directory: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def run(directory: Path, kills: int, seed: int) -> dict[str, object]:
+def run(directory: Path, kills: int, seed: int, together: int = 1) -> dict[str, object]:
+    """Drive the rollout's hour with a controller killed `kills` times (and `together` - 1 more beside it)."""
     project, clock = world(directory)
     rng = random.Random(seed)
     kill_at = set(rng.sample(range(2, MINUTES - 10), kills))
+    others = [controller(directory) for _ in range(together - 1)]
     process = controller(directory)
     try:
         for minute in range(MINUTES):
@@ -104,8 +106,9 @@ def run(directory: Path, kills: int, seed: int) -> dict[str, object]:
             clock.advance(timedelta(minutes=1))
             time.sleep(0.15)
     finally:
-        process.kill()
-        process.wait(10)
+        for child in [process, *others]:
+            child.kill()
+            child.wait(10)
     events = project.metadata.events()
     # Actions only: "held" and "analysed" record what a tick saw, which depends on when it looked.
     rollout_events = Counter(e.kind for e in events if e.kind in ACTIONS)
@@ -130,3 +133,10 @@ def test_a_controller_killed_at_random_ends_as_one_left_alone(tmp_path: Path) ->
     for seed in (1, 2):
         killed = run(tmp_path / f"killed-{seed}", kills=6, seed=seed)
         assert killed == steady, f"seed {seed}"
+
+
+@pytest.mark.slow
+def test_controllers_started_together_act_once(tmp_path: Path) -> None:
+    steady = run(tmp_path / "one", kills=0, seed=0)
+    three = run(tmp_path / "three", kills=0, seed=0, together=3)
+    assert three == steady

@@ -1,11 +1,6 @@
-"""Fixtures of the monitoring tests: an endpoint served for three days (the last one shifted), a webhook."""
+"""Fixtures of the monitoring tests: an endpoint served for three days, the last one shifted."""
 
 from __future__ import annotations
-
-import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pandas as pd
 import pytest
@@ -32,23 +27,3 @@ def served(project: Project, clock):
     append_by_day(project.offline, LABELS, record_table(labels, LABEL_SCHEMA))
     clock.set(START + pd.Timedelta(days=14))
     return project, version
-
-
-@pytest.fixture
-def webhook() -> Iterator[tuple[str, list[dict]]]:
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/alerts", received
-    server.shutdown()

@@ -21,7 +21,7 @@ from loopml.cli.serve import serve
 from loopml.cli.train import train
 from loopml.config import write_config
 from loopml.delivery.bandits import tick_bandits
-from loopml.delivery.rollouts import tick_rollouts
+from loopml.delivery.rollouts import notify, tick_rollouts
 from loopml.errors import LoopmlError, ValidationError
 from loopml.features import Entity, FeatureService, FeatureView, OnDemandFeatureView
 from loopml.features.registry import AppliedChange
@@ -233,6 +233,9 @@ def controller(
     once: bool = typer.Option(False, "--once", help="Run one tick and exit."),
     interval: str = typer.Option("60s", help="Time between ticks."),
     clock_file: Path | None = typer.Option(None, help="Read simulated time from this file (demo and tests)."),
+    webhook: list[str] = typer.Option(
+        [], help="POST rollout decisions (holds, steps, promotions, rollbacks) here."
+    ),
     project_dir: Path = ProjectOption,
 ) -> None:
     """Evaluate every policy and move every rollout on a schedule, each decision an event."""
@@ -247,8 +250,13 @@ def controller(
                     waiting = False
                 for decision in Controller(project).tick():
                     console.print(f"[bold]{decision.policy}[/]: {decision.action}: {decision.reason}")
-                for moved in tick_rollouts(project):
-                    console.print(f"[bold]rollout {moved.rollout}[/]: {moved.action}: {moved.reason}")
+                moved = tick_rollouts(project)
+                for decision in moved:
+                    console.print(
+                        f"[bold]rollout {decision.rollout}[/]: {decision.action}: {decision.reason}"
+                    )
+                for url in webhook:
+                    notify(url, moved)
                 for endpoint, arms in tick_bandits(project).items():
                     weights = ", ".join(f"{a.name} {a.weight:g}%" for a in arms)
                     console.print(f"[bold]bandit {endpoint}[/]: {weights}")

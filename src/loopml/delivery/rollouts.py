@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection
 from loopml.delivery.analysis import FAIL, INCONCLUSIVE, PASS, Analysis, AnalysisSettings, Side, analyse
 from loopml.delivery.tables import rollouts
 from loopml.errors import NotFoundError, ValidationError
+from loopml.monitoring.alerts import post_json
 from loopml.registry import aliases
 from loopml.serving.endpoints import CANARY, PRIMARY, SHADOW, Route, get_endpoint, set_route
 
@@ -250,6 +251,13 @@ def reconcile(project: Project, rollout: Rollout) -> Decision | None:
         )
         return _note(project, rollout, PASS, f"passing, step not done: {needs}", evidence)
     return _advance(project, rollout, analysis, evidence)
+
+
+def notify(url: str, decisions: list[Decision]) -> None:
+    """Send a tick's rollout decisions to a webhook as `{"rollouts": [...]}`: a hold (inconclusive), a step,
+    a promotion or a rollback, each with its reason and analysis."""
+    if decisions:
+        post_json(url, {"rollouts": [asdict(d) for d in decisions]})
 
 
 def tick_rollouts(project: Project) -> list[Decision]:

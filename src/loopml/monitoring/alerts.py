@@ -99,29 +99,28 @@ class WebhookSink:
     """POSTs `{"alerts": [...]}` as JSON to `url`; retried, and a failure is logged, never raised (monitoring
     goes on and the alert stays recorded)."""
 
-    def __init__(self, url: str, *, timeout: float = 5.0, client: httpx.Client | None = None) -> None:
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
         self.url = url
         self.timeout = timeout
-        self.client = client
 
     def send(self, notifications: Sequence[Notification]) -> None:
-        if not notifications:
-            return
-        body = {"alerts": [n.to_dict() for n in notifications]}
-        client = self.client or httpx.Client(timeout=self.timeout)
-        try:
-            for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
-                try:
-                    client.post(self.url, json=body).raise_for_status()
-                    return
-                except httpx.HTTPError as exc:
-                    if attempt == WEBHOOK_ATTEMPTS:
-                        logger.error("Alert webhook %s failed %d times: %s", self.url, attempt, exc)
-                    else:
-                        time.sleep(0.2 * attempt)
-        finally:
-            if self.client is None:
-                client.close()
+        if notifications:
+            post_json(self.url, {"alerts": [n.to_dict() for n in notifications]}, timeout=self.timeout)
+
+
+def post_json(url: str, body: dict[str, Any], *, timeout: float = 5.0) -> bool:
+    """POST `body` as JSON, retried a few times; False (and an error logged) when every try failed."""
+    with httpx.Client(timeout=timeout) as client:
+        for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
+            try:
+                client.post(url, json=body).raise_for_status()
+                return True
+            except httpx.HTTPError as exc:
+                if attempt == WEBHOOK_ATTEMPTS:
+                    logger.error("Webhook %s failed %d times: %s", url, attempt, exc)
+                else:
+                    time.sleep(0.2 * attempt)
+    return False
 
 
 def alerts_from(result: WindowResult, settings: MonitorSettings) -> list[Alert]:
