@@ -34,6 +34,8 @@ CONTINUE, TREATMENT, CONTROL, NO_DIFFERENCE = "continue", "treatment", "control"
 
 @dataclass(frozen=True)
 class ExperimentSettings:
+    """The test's level and power, and the smallest effect the planned sample must be able to see."""
+
     alpha: float = 0.05
     power: float = 0.8
     min_effect: float = 0.02  # the smallest difference worth detecting (absolute: rate points, or units)
@@ -48,6 +50,8 @@ class ExperimentSettings:
 
 @dataclass(frozen=True)
 class Arm:
+    """One arm's outcomes: how many, their mean and variance."""
+
     name: str
     n: int
     mean: float
@@ -56,6 +60,8 @@ class Arm:
 
 @dataclass(frozen=True)
 class ExperimentResult:
+    """The effect of treatment over control with its interval, the test, the planned sample, the decision."""
+
     control: Arm
     treatment: Arm
     binary: bool

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -61,7 +62,7 @@ def render_report(
     return environment.get_template("report.html.j2").render(title=title, versions=versions, firing=firing)
 
 
-def write_json(path: Any, results: Sequence[WindowResult], firing: Sequence[dict[str, Any]]) -> None:
+def write_json(path: Path, results: Sequence[WindowResult], firing: Sequence[dict[str, Any]]) -> None:
     path.write_text(json.dumps(report_data(results, firing), indent=2, default=_plain))
 
 
