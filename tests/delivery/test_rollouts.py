@@ -215,8 +215,9 @@ def test_a_decision_on_a_rollout_that_moved_meanwhile_is_dropped(candidate: Proj
     stale = active_rollout(candidate, "toy")
     abort(candidate, "toy")
     step_minutes(candidate, clock, 2, latency_ms=80.0)
-    assert reconcile(candidate, stale) is None  # no second ending, no event
+    assert reconcile(candidate, stale) is None  # no second ending, no event, and its route stays gone
     assert kinds(candidate) == ["rollout.started", "rollout.aborted"]
+    assert set(routes(candidate)) == {"primary"}
 
 
 def test_bad_rollouts_are_refused_with_what_to_do(candidate: Project) -> None:

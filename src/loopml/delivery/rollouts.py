@@ -221,7 +221,9 @@ def reconcile(project: Project, rollout: Rollout) -> Decision | None:
         return None
     interval = timedelta(minutes=rollout.spec.analysis_interval_minutes)
     with project.metadata.begin() as conn:  # a crash between a step and its route left nothing half done,
-        route = rollout.candidate_route  # but an operator may have edited the routes: put ours back
+        if _moved(conn, rollout):  # but an operator may have edited the routes: put ours back, unless the
+            return None  # rollout itself moved since it was read
+        route = rollout.candidate_route
         assert route is not None
         set_route(
             conn, project.metadata, rollout.endpoint, route, actor=ACTOR, reason=f"rollout {rollout.id}"
