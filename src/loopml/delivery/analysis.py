@@ -286,7 +286,8 @@ def _paired(cand: pd.DataFrame, base: pd.DataFrame, settings: AnalysisSettings) 
         flips,
         None,
         settings.max_flip_rate,
-        f"on {len(pairs)} identical requests the decision flips {flips:.1%} of the time (limit {settings.max_flip_rate:.0%}); mean score difference {difference:.3f}",
+        f"on {len(pairs)} identical requests the decision flips {flips:.1%} of the time "
+        f"(limit {settings.max_flip_rate:.0%}); mean score difference {difference:.3f}",
     )
 
 
