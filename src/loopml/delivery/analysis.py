@@ -58,7 +58,9 @@ class AnalysisSettings:
 
     def __post_init__(self) -> None:
         if self.min_requests < 1 or self.min_labels < 1:
-            raise ValidationError("min_requests and min_labels must be at least 1.")
+            raise ValidationError(
+                f"min_requests and min_labels must be at least 1, got {self.min_requests} and {self.min_labels}."
+            )
         if self.max_p99_ratio < 1:
             raise ValidationError(f"max_p99_ratio must be at least 1, got {self.max_p99_ratio}.")
         if not 0 < self.p_value < 1:

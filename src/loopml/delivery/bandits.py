@@ -197,7 +197,9 @@ def _load(project: Project, endpoint: str) -> tuple[BanditSpec, datetime, list[d
             select(bandits).where(bandits.c.endpoint == endpoint, bandits.c.state == RUNNING)
         ).first()
     if row is None:
-        raise NotFoundError(f"Endpoint '{endpoint}' runs no bandit.")
+        raise NotFoundError(
+            f"Endpoint '{endpoint}' runs no bandit; start one with `loopml bandit start {endpoint} --arm a=1 --arm b=2`."
+        )
     return BanditSpec(**row.spec), row.started_at, row.arms
 
 

@@ -66,7 +66,10 @@ class RolloutSpec:
             if getattr(self, name) < 0:
                 raise ValidationError(f"{name} must not be negative, got {getattr(self, name)}.")
         if self.analysis_interval_minutes == 0:
-            raise ValidationError("analysis_interval_minutes must be positive.")
+            raise ValidationError(
+                f"analysis_interval_minutes must be positive, got {self.analysis_interval_minutes}; analyse at "
+                "least every few minutes."
+            )
         if self.min_step_requests < 1:
             raise ValidationError(f"min_step_requests must be at least 1, got {self.min_step_requests}.")
 
@@ -119,14 +122,16 @@ class Rollout:
             CANARY, self.model_name, None, self.candidate_version, CANARY, self.spec.steps[self.step]
         )
 
-    def describe(self) -> str:
+    @property
+    def standing(self) -> str:
+        """Its state and where its traffic is: "running, canary step 1 of 2 (5%)"."""
         if self.phase == SHADOW_PHASE:
-            where = "shadow (100% mirrored)"
-        else:
-            where = (
-                f"canary step {self.step + 1} of {len(self.spec.steps) - 1} ({self.spec.steps[self.step]:g}%)"
-            )
-        return f"rollout {self.id} of {self.model_name}/{self.candidate_version} on '{self.endpoint}': {self.state}, {where}"
+            return f"{self.state}, shadow (100% mirrored)"
+        steps = self.spec.steps
+        return f"{self.state}, canary step {self.step + 1} of {len(steps) - 1} ({steps[self.step]:g}%)"
+
+    def describe(self) -> str:
+        return f"rollout {self.id} of {self.model_name}/{self.candidate_version} on '{self.endpoint}': {self.standing}"
 
 
 @dataclass(frozen=True)
@@ -332,7 +337,7 @@ def _advance(
     else:
         return _end(project, rollout, PROMOTED, f"every step passed: {analysis.summary()}", evidence)
     now = project.clock.now()
-    reason = f"step passed, now {following.describe().split(': ', 1)[1]}: {analysis.summary()}"
+    reason = f"step passed, now {following.standing}: {analysis.summary()}"
     with project.metadata.begin() as conn:
         if _moved(conn, rollout):
             return None
@@ -452,7 +457,9 @@ def _active_for(conn: Connection, endpoint: str) -> Rollout | None:
 def _read(conn: Connection, rollout_id: int) -> Rollout:
     row = conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).first()
     if row is None:
-        raise NotFoundError(f"No rollout {rollout_id}.")
+        raise NotFoundError(
+            f"No rollout {rollout_id}; see `loopml rollout status` for the rollouts there are."
+        )
     return _rollout(row._mapping)
 
 

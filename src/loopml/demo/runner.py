@@ -27,6 +27,7 @@ from loopml.config import write_config
 from loopml.data.snapshots import get_snapshot
 from loopml.delivery.rollouts import (
     PROMOTED,
+    SHADOW_PHASE,
     Rollout,
     RolloutSpec,
     list_rollouts,
@@ -342,9 +343,11 @@ def _analyse_rollouts(project: Project, client: httpx.Client) -> list[RolloutRec
     if not list_rollouts(project, endpoint=ENDPOINT, active_only=True):
         return []
     client.post("/v1/predictions/flush").raise_for_status()
+    decisions = tick_rollouts(project)
+    current = {r.id: r for r in list_rollouts(project, endpoint=ENDPOINT)} if decisions else {}
     moved = []
-    for decision in tick_rollouts(project):
-        [rollout] = [r for r in list_rollouts(project, endpoint=ENDPOINT) if r.id == decision.rollout]
+    for decision in decisions:
+        rollout = current[decision.rollout]
         if decision.action == PROMOTED:
             _wait_for_version(client, rollout.candidate_version)
         moved.append(_record(project, rollout, decision.action, decision.reason))
@@ -357,11 +360,11 @@ def _started(project: Project) -> RolloutRecord:
 
 
 def _record(project: Project, rollout: Rollout, action: str, reason: str) -> RolloutRecord:
-    current = next(r for r in list_rollouts(project, endpoint=ENDPOINT) if r.id == rollout.id)
-    if not current.active:
-        share = 100.0 if current.state == PROMOTED else 0.0
+    """The decision, with the candidate's share of served traffic as the rollout now stands."""
+    if not rollout.active:
+        share = 100.0 if rollout.state == PROMOTED else 0.0
     else:
-        share = 0.0 if current.phase == "shadow" else current.spec.steps[current.step]
+        share = 0.0 if rollout.phase == SHADOW_PHASE else rollout.spec.steps[rollout.step]
     return RolloutRecord(
         project.clock.now().strftime("%Y-%m-%d %H:%M"),
         rollout.id,

@@ -16,9 +16,10 @@ from loopml.delivery.rollouts import list_rollouts
 from loopml.errors import NotFoundError
 from loopml.loop.policy import DriftRetrainPolicy, list_policies, update_state
 from loopml.loop.retrain import prepare_retrain, retrain_and_gate
-from loopml.monitoring.drift import DriftSettings
+from loopml.monitoring.drift import DriftReport, DriftSettings
 from loopml.monitoring.model_drift import model_drift
 from loopml.monitoring.performance import SCORED, PerformanceSettings, performance
+from loopml.registry.models import ModelVersion
 from loopml.serving.prediction_log import read_labelled_predictions
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ class Controller:
         except NotFoundError as exc:
             return decide(SKIPPED, str(exc))
         reports = [
-            self._drift(policy, champion, now - policy.drift_window * i, now)
+            self._drift(policy, champion, now - policy.drift_window * i)
             for i in range(policy.consecutive_windows)
         ]
         report = reports[0]
@@ -103,7 +104,7 @@ class Controller:
         active = list_rollouts(self.project, endpoint=policy.endpoint, active_only=True)
         if active:
             return decide(DEFERRED, f"{active[0].describe()} is in progress: one retrain at a time", **drift)
-        triggers, quiet = self._triggers(policy, state, champion, reports, rows, now, drift)
+        triggers, quiet = self._triggers(policy, state, reports, rows, now, drift)
         if not triggers:
             return decide(*quiet, **drift)
         last = state.get("last_retrain_at")
@@ -131,7 +132,8 @@ class Controller:
             **outcome.evidence,
         )
 
-    def _drift(self, policy: DriftRetrainPolicy, champion: Any, end: datetime, now: datetime) -> Any:
+    def _drift(self, policy: DriftRetrainPolicy, champion: ModelVersion, end: datetime) -> DriftReport:
+        """Drift of the champion in the drift window that ends at `end`."""
         return model_drift(
             self.project.metadata,
             self.project.offline,
@@ -150,8 +152,7 @@ class Controller:
         self,
         policy: DriftRetrainPolicy,
         state: dict[str, Any],
-        champion: Any,
-        reports: list[Any],
+        reports: list[DriftReport],
         rows: int,
         now: datetime,
         drift: dict[str, Any],
@@ -189,8 +190,8 @@ class Controller:
         labelled = read_labelled_predictions(
             self.project.offline, policy.endpoint, now - policy.drift_window, now, labels_until=now
         )
-        result = performance(
-            labelled, PerformanceSettings(min_coverage=0.0, min_labels=policy.min_evaluation_rows // 4 or 1)
-        )
+        # Labels arrive late: score whatever the window has, once it holds a quarter of the gate's minimum.
+        enough = PerformanceSettings(min_coverage=0.0, min_labels=max(policy.min_evaluation_rows // 4, 1))
+        result = performance(labelled, enough)
         value = result.metrics.get(policy.metric) if result.status == SCORED else None
         return float(value) if value is not None else None

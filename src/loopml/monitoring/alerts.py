@@ -22,7 +22,7 @@ import httpx
 from sqlalchemy import insert, select, update
 
 from loopml.monitoring.drift import CRITICAL, SEVERITY_ORDER, WARNING, FeatureDrift
-from loopml.monitoring.monitor import MonitorSettings, WindowResult
+from loopml.monitoring.monitor import MonitorSettings, WindowResult, newest_windows
 from loopml.monitoring.tables import monitor_alerts
 from loopml.storage.metadata import MetadataStore
 
@@ -182,18 +182,13 @@ class AlertManager:
 
     def evaluate(self, results: Sequence[WindowResult], settings: MonitorSettings) -> list[Notification]:
         """Alerts of each version's newest window: fire, escalate, repeat after the cool-down, or resolve."""
-        newest: dict[tuple[str, str, int], WindowResult] = {}
-        for result in results:
-            key = (result.endpoint, result.model_name, result.version)
-            if key not in newest or result.end > newest[key].end:
-                newest[key] = result
         now = self.metadata.clock.now()
         notifications: list[Notification] = []
-        for (endpoint, model_name, version), result in newest.items():
+        for result in newest_windows(results):
             if not result.predictions:
                 continue  # an empty window says nothing about what is firing
             current = {alert.key: alert for alert in alerts_from(result, settings)}
-            notifications += self._apply(endpoint, model_name, version, current, now)
+            notifications += self._apply(result.endpoint, result.model_name, result.version, current, now)
         for sink in self.sinks:
             sink.send(notifications)
         return notifications

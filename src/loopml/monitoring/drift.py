@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -382,7 +382,7 @@ def _corrected(features: list[FeatureDrift], settings: DriftSettings) -> list[Fe
         method = METHODS.get(f.method, METHODS["chi_squared"])
         severity = _severity(method, float(value), f.warning, f.critical)
         note = f"{settings.correction} over {len(tested)} tests"
-        result[i] = _replace(f, p_adjusted=float(value), severity=severity, reason=_join(f.reason, note))
+        result[i] = replace(f, p_adjusted=float(value), severity=severity, reason=_join(f.reason, note))
     return result
 
 
@@ -398,10 +398,6 @@ def _benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     result = np.empty_like(p)
     result[order] = np.minimum(adjusted, 1.0)
     return result
-
-
-def _replace(feature: FeatureDrift, **changes: Any) -> FeatureDrift:
-    return FeatureDrift(**{**asdict(feature), **changes})
 
 
 def _no_data_reason(ref: ColumnProfile, cur: ColumnProfile) -> str:

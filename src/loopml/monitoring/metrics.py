@@ -15,7 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from loopml.monitoring.drift import SEVERITY_ORDER
-from loopml.monitoring.monitor import WindowResult
+from loopml.monitoring.monitor import WindowResult, newest_windows
 from loopml.monitoring.performance import SCORED
 
 METRIC_NAMES = (
@@ -71,12 +71,7 @@ class MonitorMetrics:
         """Set every gauge from the newest window per version (series of versions no longer seen are dropped)."""
         for gauge in self._gauges():
             gauge.clear()
-        newest: dict[tuple[str, str, int], WindowResult] = {}
-        for result in results:
-            key = (result.endpoint, result.model_name, result.version)
-            if key not in newest or result.end > newest[key].end:
-                newest[key] = result
-        for result in newest.values():
+        for result in newest_windows(results):
             labels = {"endpoint": result.endpoint, "version": f"{result.model_name}/{result.version}"}
             for drift in [
                 *result.drift.features,

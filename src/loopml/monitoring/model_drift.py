@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import orjson
 import pandas as pd
 
-from loopml.data.profiles import SCORE, ReferenceProfile, profile_frame
+from loopml.data.profiles import SCORE, Profile, ReferenceProfile, profile_frame
 from loopml.data.snapshots import get_snapshot, load_snapshot
 from loopml.errors import ValidationError
 from loopml.monitoring.drift import DriftReport, DriftSettings, compare, compare_profiles
@@ -48,16 +49,27 @@ def model_drift(
         if column not in current.columns:
             current[column] = None
     if reference is not None and reference_window is None:
-        window = profile_frame(current, reference=reference.inputs, columns=version.inputs)
-        report = compare_profiles(reference.inputs, window, version.inputs, settings=settings)
-        if reference.scores is None:
-            return report
-        scores = pd.DataFrame({SCORE: predictions["output"] if len(predictions) else []})
-        output = compare_profiles(
-            reference.scores, profile_frame(scores, reference=reference.scores), [SCORE], settings=settings
-        )
-        return DriftReport(report.features, output.features[0], report.settings)
+        outputs = predictions["output"] if len(predictions) else []
+        return window_drift(reference, current, outputs, version.inputs, settings)[0]
     return _against_snapshot(metadata, version, offline, current, settings, reference_window)
+
+
+def window_drift(
+    reference: ReferenceProfile,
+    inputs: pd.DataFrame,
+    outputs: Sequence[float] | pd.Series,
+    columns: list[str],
+    settings: DriftSettings | None,
+) -> tuple[DriftReport, Profile]:
+    """Drift of a window's logged inputs (and of its scores, when the reference has them) against a reference
+    profile, with the window's profile (counted in the reference's bins)."""
+    window = profile_frame(inputs, reference=reference.inputs, columns=columns)
+    report = compare_profiles(reference.inputs, window, columns, settings=settings)
+    if reference.scores is None:
+        return report, window
+    scores = profile_frame(pd.DataFrame({SCORE: outputs}), reference=reference.scores)
+    output = compare_profiles(reference.scores, scores, [SCORE], settings=settings)
+    return DriftReport(report.features, output.features[0], report.settings), window
 
 
 def _against_snapshot(

@@ -8,17 +8,18 @@ in as they arrive.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from loopml.data.profiles import SCORE, Profile, ReferenceProfile, profile_frame
+from loopml.data.profiles import Profile, ReferenceProfile, profile_frame
 from loopml.data.snapshots import load_snapshot
 from loopml.errors import ValidationError
-from loopml.monitoring.drift import DriftReport, DriftSettings, compare_profiles
-from loopml.monitoring.model_drift import logged_inputs
+from loopml.monitoring.drift import DriftReport, DriftSettings
+from loopml.monitoring.model_drift import logged_inputs, window_drift
 from loopml.monitoring.performance import SCORED, PerformanceSettings, WindowPerformance, performance
 from loopml.monitoring.quality import QualityCheck, QualitySettings, check_quality
 from loopml.monitoring.windows import WindowSpec, cut
@@ -133,14 +134,8 @@ class Monitor:
     ) -> WindowResult:
         reference = self.reference(version)
         inputs = logged_inputs(rows) if len(rows) else pd.DataFrame()
-        window = profile_frame(inputs, reference=reference.inputs, columns=version.inputs)
-        drift = compare_profiles(reference.inputs, window, version.inputs, settings=self.settings.drift)
-        if reference.scores is not None:
-            scores = profile_frame(
-                pd.DataFrame({SCORE: rows.output if len(rows) else []}), reference=reference.scores
-            )
-            output = compare_profiles(reference.scores, scores, [SCORE], settings=self.settings.drift)
-            drift = DriftReport(drift.features, output.features[0], drift.settings)
+        outputs = rows.output if len(rows) else []
+        drift, window = window_drift(reference, inputs, outputs, version.inputs, self.settings.drift)
         quality = check_quality(
             reference.inputs,
             window,
@@ -163,3 +158,13 @@ class Monitor:
             self.settings.metric,
             window,
         )
+
+
+def newest_windows(results: Sequence[WindowResult]) -> list[WindowResult]:
+    """The newest window of each endpoint and version (what alerts and gauges describe)."""
+    newest: dict[tuple[str, str, int], WindowResult] = {}
+    for result in results:
+        key = (result.endpoint, result.model_name, result.version)
+        if key not in newest or result.end > newest[key].end:
+            newest[key] = result
+    return list(newest.values())

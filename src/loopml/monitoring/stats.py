@@ -185,7 +185,10 @@ def _kl2(p: np.ndarray, q: np.ndarray) -> float:
 def _counts(values: ArrayLike) -> np.ndarray:
     counts = np.asarray(values, dtype=float)
     if counts.ndim != 1 or (counts < 0).any():
-        raise ValueError("counts must be a one-dimensional array of non-negative numbers")
+        raise ValueError(
+            f"counts must be a one-dimensional array of non-negative numbers, got shape {counts.shape} "
+            f"with minimum {counts.min() if counts.size else 'n/a'}; pass one count per bin or category"
+        )
     return counts
 
 
@@ -193,11 +196,15 @@ def _proportions(counts: ArrayLike, epsilon: float = 0.0) -> np.ndarray:
     values = _counts(counts)
     total = values.sum()
     if total <= 0:
-        raise ValueError("counts add up to zero: nothing to compare")
+        raise ValueError(
+            f"counts add up to zero ({len(values)} empty bins): nothing to compare; pass observed counts"
+        )
     proportions = values / total
     return np.where(proportions > 0, proportions, epsilon) if epsilon > 0 else proportions
 
 
 def _require_values(n: float, m: float) -> None:
     if n <= 0 or m <= 0:
-        raise ValueError(f"both samples need values (reference has {n:g}, current {m:g})")
+        raise ValueError(
+            f"both samples need values (reference has {n:g}, current {m:g}); leave out a feature with an empty side"
+        )

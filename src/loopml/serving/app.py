@@ -76,8 +76,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         writers.update(log_writers(project, metrics, service.idle))
-        await asyncio.to_thread(router.refresh, force=True)
-        await asyncio.to_thread(_keep_shadows_running, router, shadows)
+        await asyncio.to_thread(_refresh, router, shadows, force=True)
         limit_model_threads(threads)
         if freeze_startup_heap:
             gc.collect()
@@ -170,12 +169,18 @@ async def _refresh_routes(
     while True:
         await asyncio.sleep(ROUTE_REFRESH_SECONDS)
         try:
-            if await asyncio.to_thread(router.refresh):
+            if await asyncio.to_thread(_refresh, router, shadows):
                 limit_model_threads(threads)  # a newly loaded model may have brought its own thread pool
-            await asyncio.to_thread(_keep_shadows_running, router, shadows)
             service.prune_batchers()  # after a refresh, a load or an unload
         except Exception:  # keep serving the last good routes; the next tick retries
             logger.exception("Route refresh failed")
+
+
+def _refresh(router: Router, shadows: ShadowProcess, *, force: bool = False) -> bool:
+    """Reload routes if they changed (returns whether they did), then keep the shadow process in step."""
+    changed = router.refresh(force=force)
+    _keep_shadows_running(router, shadows)
+    return changed
 
 
 def _keep_shadows_running(router: Router, shadows: ShadowProcess) -> None:
